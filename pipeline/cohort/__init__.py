@@ -1,0 +1,1 @@
+"""Cohorts in the Medical Segmentation Decathlon layout: the synthetic one, and splits."""

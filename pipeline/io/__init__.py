@@ -1,0 +1,13 @@
+"""Reading and writing volumes and small files. Imports nothing else of the package but errors."""
+
+from pipeline.io.atomic import atomic_directory, atomic_output, write_json
+from pipeline.io.volumes import Volume, read_volume, write_volume
+
+__all__ = [
+    "Volume",
+    "atomic_directory",
+    "atomic_output",
+    "read_volume",
+    "write_json",
+    "write_volume",
+]

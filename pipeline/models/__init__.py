@@ -1,0 +1,1 @@
+"""Networks, the LightningModule and DataModule, and the train stage."""

@@ -1,0 +1,1 @@
+"""Fingerprint a cohort, plan its preprocessing, and apply the one transform chain."""
