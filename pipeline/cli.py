@@ -1,0 +1,116 @@
+"""``resseg``: one thin subcommand per stage. Stages do the work; this file parses and reports.
+
+A user's mistake (``UserError``) prints one line and exits with its code; bugs keep their
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import load_params, resolve_network
+from pipeline.errors import UserError
+
+
+def synth(args: argparse.Namespace) -> None:
+    from pipeline.cohort import synthetic
+
+    synthetic.run(load_params(args.params).synth, args.out)
+    print(f"synthetic cohort written to {args.out}")
+
+
+def preprocess(args: argparse.Namespace) -> None:
+    from pipeline.preprocess import stage
+
+    plans = stage.run(load_params(args.params).preprocess, args.cohort, args.out)
+    print(f"preprocessed to {args.out} (target spacing {plans.target_spacing} mm)")
+
+
+def split(args: argparse.Namespace) -> None:
+    from pipeline import split as split_stage
+
+    folds = split_stage.run(load_params(args.params).split, args.plans, args.out)
+    print(f"{len(folds)} folds written to {args.out}")
+
+
+def train(args: argparse.Namespace) -> None:
+    from pipeline.models import train as train_stage
+
+    params = load_params(args.params).train
+    summary = train_stage.run(params, resolve_network(params), args.preprocessed, args.splits, args.out, args.live_dir)
+    print(f"model written to {args.out} (fold {summary['fold']}, best val Dice {summary['best_val_dice_mean']:.3f})")
+
+
+def predict(args: argparse.Namespace) -> None:
+    from pipeline.infer import folder
+    from pipeline.infer.predictor import Predictor
+
+    params = load_params(args.params).predict
+    predictor = Predictor.from_model_dir(args.model, overlap=params.overlap, sw_batch_size=params.sw_batch_size, device=args.device)
+    written = folder.run(predictor, args.input, args.output)
+    print(f"{len(written)} masks written to {args.output}")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from pipeline.evaluate import stage
+
+    metrics = stage.run(args.labels, args.predictions, args.out, args.dataset_json)
+    dice = ", ".join(f"{name} {m['mean']:.3f}" for name, m in metrics["segmentation"]["dice"].items())
+    print(f"mean Dice over {metrics['n_cases']} cases: {dice}; metrics in {Path(args.out) / 'metrics.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resseg", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help):
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = command("synth", synth, "write the embedded synthetic CT cohort (MSD layout)")
+    sub.add_argument("--out", required=True, type=Path)
+
+    sub = command("preprocess", preprocess, "fingerprint, plan and preprocess the training cases")
+    sub.add_argument("--cohort", required=True, type=Path)
+    sub.add_argument("--out", required=True, type=Path)
+
+    sub = command("split", split, "k-fold cross-validation splits")
+    sub.add_argument("--plans", required=True, type=Path)
+    sub.add_argument("--out", required=True, type=Path)
+
+    sub = command("train", train, "train one fold under Lightning")
+    sub.add_argument("--preprocessed", required=True, type=Path)
+    sub.add_argument("--splits", required=True, type=Path)
+    sub.add_argument("--out", required=True, type=Path, help="model directory")
+    sub.add_argument("--live-dir", default=Path("dvclive"), type=Path, help="DVCLive training curves")
+
+    sub = command("predict", predict, "segment every scan in a folder")
+    sub.add_argument("--input", required=True, type=Path)
+    sub.add_argument("--output", required=True, type=Path)
+    sub.add_argument("--model", required=True, type=Path, help="model directory")
+    sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+
+    sub = command("evaluate", evaluate, "compare predicted masks with reference labels")
+    sub.add_argument("--labels", required=True, type=Path)
+    sub.add_argument("--predictions", required=True, type=Path)
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--dataset-json", type=Path, help="dataset.json giving the label names")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"resseg {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

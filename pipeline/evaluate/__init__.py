@@ -1,0 +1,1 @@
+"""Evaluation of predicted masks against reference labels; reads files only, never networks."""

@@ -1,0 +1,1 @@
+"""Inference: the predictor, and the folder runner behind ``resseg predict``."""

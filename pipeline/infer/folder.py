@@ -1,0 +1,33 @@
+"""``resseg predict``: segment every scan in a folder, writing masks in each scan's geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.errors import InputDataError
+from pipeline.infer.predictor import Predictor
+from pipeline.io import read_volume, write_volume
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def find_scans(input_dir: Path) -> list[Path]:
+    scans = sorted(p for p in Path(input_dir).iterdir() if p.name.endswith(NIFTI_ENDINGS))
+    if not scans:
+        raise InputDataError(f"{input_dir}: no NIfTI scan (.nii, .nii.gz) found")
+    return scans
+
+
+def run(predictor: Predictor, input_dir: str | Path, output_dir: str | Path) -> list[Path]:
+    """Write ``output_dir/<scan name>`` for each scan; each file appears only when complete."""
+    written = []
+    for scan in find_scans(Path(input_dir)):
+        prediction = predictor.predict(scan)
+        # The scan's own affine, read independently of MONAI, is the geometry we promise.
+        reference = read_volume(scan)
+        if prediction.label.shape != reference.array.shape:
+            raise RuntimeError(f"{scan}: inverse preprocessing gave {prediction.label.shape}, scan is {reference.array.shape}")
+        out = Path(output_dir) / scan.name
+        write_volume(out, prediction.label, reference.affine)
+        written.append(out)
+    return written
