@@ -39,8 +39,11 @@ def train(args: argparse.Namespace) -> None:
     from pipeline.models import train as train_stage
 
     params = load_params(args.params).train
-    summary = train_stage.run(params, resolve_network(params), args.preprocessed, args.splits, args.out, args.live_dir)
-    print(f"model written to {args.out} (fold {summary['fold']}, best val Dice {summary['best_val_dice_mean']:.3f})")
+    summary = train_stage.run(
+        params, resolve_network(params), args.preprocessed, args.splits, args.out, args.live_dir
+    )
+    best = summary["best_val_dice_mean"]
+    print(f"model written to {args.out} (fold {summary['fold']}, best validation Dice {best:.3f})")
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -48,7 +51,9 @@ def predict(args: argparse.Namespace) -> None:
     from pipeline.infer.predictor import Predictor
 
     params = load_params(args.params).predict
-    predictor = Predictor.from_model_dir(args.model, overlap=params.overlap, sw_batch_size=params.sw_batch_size, device=args.device)
+    predictor = Predictor.from_model_dir(
+        args.model, overlap=params.overlap, sw_batch_size=params.sw_batch_size, device=args.device
+    )
     written = folder.run(predictor, args.input, args.output)
     print(f"{len(written)} masks written to {args.output}")
 

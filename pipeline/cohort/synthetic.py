@@ -142,18 +142,17 @@ def _lesions(
     if _is_lesion_free(index, params.lesion_free_fraction):
         return []
     count = int(rng.integers(1, params.max_lesions + 1))
-    spacing = np.linalg.norm(world[1, 0, 0] - world[0, 0, 0]), np.linalg.norm(
-        world[0, 0, 1] - world[0, 0, 0]
-    )
-    depth_mm = ndimage.distance_transform_edt(organ, sampling=(spacing[0], spacing[0], spacing[1]))
+    spacing = [np.linalg.norm(world[tuple(np.eye(3, dtype=int)[a])] - world[0, 0, 0]) for a in range(3)]
+    depth_mm = ndimage.distance_transform_edt(organ, sampling=spacing)
     lesions = []
+    # At least one voxel of organ all around, so a lesion never touches the background.
+    margin = max(spacing)
+    room = depth_mm.max() - margin - 1e-3
     for _ in range(count):
-        radius = rng.uniform(5, 11)
-        candidates = np.argwhere(depth_mm > radius + 2)
-        if len(candidates) == 0:
-            break
+        semi_axes = rng.uniform(5, 11) * rng.uniform(0.8, 1.2, size=3)
+        semi_axes *= min(1.0, room / semi_axes.max())  # shrink to fit a small organ
+        candidates = np.argwhere(depth_mm > semi_axes.max() + margin)
         centre = world[tuple(candidates[rng.integers(len(candidates))])]
-        semi_axes = radius * rng.uniform(0.8, 1.2, size=3)
         lesions.append(np.linalg.norm((world - centre) / semi_axes, axis=-1) < 1)
     return lesions
 

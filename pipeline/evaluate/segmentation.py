@@ -16,7 +16,7 @@ def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels: list[i
     ref = torch.as_tensor(np.stack([reference == v for v in labels]))[None]
     pred = torch.as_tensor(np.stack([prediction == v for v in labels]))[None]
     dice = compute_dice(pred, ref, include_background=True, ignore_empty=False)[0]
-    return {value: float(d) for value, d in zip(labels, dice)}
+    return {value: float(d) for value, d in zip(labels, dice, strict=True)}
 
 
 def volume_ml(mask: np.ndarray, spacing: tuple[float, ...]) -> float:

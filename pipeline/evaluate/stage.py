@@ -21,7 +21,12 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 AFFINE_TOLERANCE_MM = 1e-3
 
 
-def run(labels_dir: str | Path, predictions_dir: str | Path, out_dir: str | Path, dataset_json: str | Path | None = None) -> dict:
+def run(
+    labels_dir: str | Path,
+    predictions_dir: str | Path,
+    out_dir: str | Path,
+    dataset_json: str | Path | None = None,
+) -> dict:
     pairs = _match_cases(Path(labels_dir), Path(predictions_dir))
     names = _label_names(dataset_json)
     rows = [_evaluate_case(name, ref, pred, names) for name, ref, pred in pairs]
@@ -49,7 +54,9 @@ def _match_cases(labels_dir: Path, predictions_dir: Path) -> list[tuple[str, Pat
         raise InputDataError(f"{labels_dir}: no reference label (.nii, .nii.gz) found")
     missing = [p.name for p in references if not (predictions_dir / p.name).is_file()]
     if missing:
-        raise InputDataError(f"{predictions_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
+        raise InputDataError(
+            f"{predictions_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}"
+        )
     return [(p.name.split(".nii")[0], p, predictions_dir / p.name) for p in references]
 
 
@@ -91,7 +98,11 @@ def _write_per_case(path: Path, rows: list[dict], label_values: list[int], names
         for row in rows:
             cells = [row["case"]]
             for v in label_values:
-                cells += [f"{row['dice'][v]:.4f}", f"{row['reference_ml'][v]:.3f}", f"{row['predicted_ml'][v]:.3f}"]
+                cells += [
+                    f"{row['dice'][v]:.4f}",
+                    f"{row['reference_ml'][v]:.3f}",
+                    f"{row['predicted_ml'][v]:.3f}",
+                ]
             writer.writerow(cells)
 
 

@@ -26,7 +26,8 @@ def run(predictor: Predictor, input_dir: str | Path, output_dir: str | Path) -> 
         # The scan's own affine, read independently of MONAI, is the geometry we promise.
         reference = read_volume(scan)
         if prediction.label.shape != reference.array.shape:
-            raise RuntimeError(f"{scan}: inverse preprocessing gave {prediction.label.shape}, scan is {reference.array.shape}")
+            shapes = f"{prediction.label.shape} vs {reference.array.shape}"
+            raise RuntimeError(f"{scan}: inverse preprocessing did not restore the scan's shape: {shapes}")
         out = Path(output_dir) / scan.name
         write_volume(out, prediction.label, reference.affine)
         written.append(out)

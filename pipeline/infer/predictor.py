@@ -57,8 +57,12 @@ class Predictor:
         image = data["image"]
         # The volume stays in host memory; only the windows go to the device.
         batch = image.as_tensor().unsqueeze(0)
-        probabilities = sum(self._window_probabilities(net, batch) for net in self.networks) / len(self.networks)
-        data["probabilities"] = MetaTensor(probabilities[0], meta=image.meta, applied_operations=image.applied_operations)
+        probabilities = sum(self._window_probabilities(net, batch) for net in self.networks) / len(
+            self.networks
+        )
+        data["probabilities"] = MetaTensor(
+            probabilities[0], meta=image.meta, applied_operations=image.applied_operations
+        )
         # Probabilities are resampled back (linearly), then the argmax taken on the scan's grid.
         restored = self.inverse(data)["probabilities"].as_tensor().float()
         return Prediction(label=restored.argmax(0).numpy().astype(np.uint8), probabilities=restored.numpy())

@@ -31,7 +31,9 @@ def case_files(preprocessed_dir: Path, names: list[str]) -> list[dict]:
 
 def load_preprocessed() -> Compose:
     # The arrays are already channel-first; NumpyReader knows no metadata to tell it so.
-    return Compose([LoadImaged(KEYS, reader="NumpyReader", image_only=True), EnsureChannelFirstd(KEYS, channel_dim=0)])
+    return Compose(
+        [LoadImaged(KEYS, reader="NumpyReader", image_only=True), EnsureChannelFirstd(KEYS, channel_dim=0)]
+    )
 
 
 def training_augmentation(params: TrainParams) -> Compose:
@@ -75,7 +77,9 @@ class PreprocessedDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # An epoch is a fixed number of iterations, as in nnU-Net, whatever the cohort size.
         sampler = RandomSampler(
-            self.train_set, replacement=True, num_samples=self.params.iterations_per_epoch * self.params.batch_size
+            self.train_set,
+            replacement=True,
+            num_samples=self.params.iterations_per_epoch * self.params.batch_size,
         )
         return DataLoader(
             self.train_set,

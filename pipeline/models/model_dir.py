@@ -1,8 +1,8 @@
 """The model directory: everything inference needs, so a model travels as one folder.
 
-    model.json               network, plan (preprocessing + labels), patch size, training params
-    fold_<k>/weights.pt      the best checkpoint's network weights (tensors only)
-    fold_<k>/checkpoints/    Lightning's best.ckpt and last.ckpt, for resuming
+model.json               network, plan (preprocessing + labels), patch size, training params
+fold_<k>/weights.pt      the best checkpoint's network weights (tensors only)
+fold_<k>/checkpoints/    Lightning's best.ckpt and last.ckpt, for resuming
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["label"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.log(
+            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"])
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -52,12 +54,14 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         per_label = self.val_dice.aggregate()
         self.val_dice.reset()
-        for value, dice in zip(sorted(self.label_names), per_label):
+        for value, dice in zip(sorted(self.label_names), per_label, strict=True):
             self.log(f"val/dice_{self.label_names[value]}", dice, sync_dist=True)
         self.log("val/dice_mean", per_label.mean(), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
         # nnU-Net's polynomial decay, stepped per epoch.
         scheduler = torch.optim.lr_scheduler.PolynomialLR(
             optimizer, total_iters=self.trainer.max_epochs, power=0.9

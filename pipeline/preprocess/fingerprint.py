@@ -47,7 +47,7 @@ def compute_fingerprint(cases: list[Case], percentiles: tuple[float, float], see
     return Fingerprint(
         spacings=spacings,
         shapes=shapes,
-        foreground_percentiles={str(p): float(v) for p, v in zip(percentiles, (low, high))},
+        foreground_percentiles={str(p): float(v) for p, v in zip(percentiles, (low, high), strict=True)},
         foreground_mean=float(clipped.mean()),
         foreground_std=float(clipped.std()),
     )

@@ -63,5 +63,5 @@ def _preprocess_case(chain, case, out_dir: Path) -> dict:
     return {
         "name": case.name,
         "shape": list(image.shape[1:]),
-        "label_voxels": {str(v): int(c) for v, c in zip(values, counts)},
+        "label_voxels": {str(v): int(c) for v, c in zip(values, counts, strict=True)},
     }

@@ -1,0 +1,82 @@
+"""Inference returns masks on the scan's own voxel grid, whatever the scan's orientation."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.evaluate.segmentation import dice_per_label
+from pipeline.infer import folder
+from pipeline.infer.predictor import Predictor
+from pipeline.io import read_volume, write_volume
+from pipeline.models.model_dir import ModelDescription
+from pipeline.preprocess.plans import IntensityNormalization, Plans
+from tests.conftest import TINY_NETWORK
+
+HU_PER_CLASS = 100.0
+PLANS = Plans(
+    modality="CT",
+    labels={0: "background", 1: "organ", 2: "lesion"},
+    target_spacing=(2.0, 2.0, 4.0),
+    # An identity normalisation, so the oracle below can read HU back.
+    intensity=IntensityNormalization(clip_low=-1000.0, clip_high=1000.0, mean=0.0, std=1.0),
+)
+
+
+class Oracle(nn.Module):
+    """A 'network' that knows the answer: class = round(HU / 100), so any error is geometry."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        classes = torch.round(x[:, 0] / HU_PER_CLASS).clamp(0, 2).long()
+        return 20.0 * nn.functional.one_hot(classes, 3).movedim(-1, 1).float()
+
+
+def oracle_predictor():
+    description = ModelDescription(TINY_NETWORK, PLANS, in_channels=1, patch_size=[32, 32, 16])
+    return Predictor(description, [Oracle()], overlap=0.25, device="cpu")
+
+
+def blob_scan(tmp_path, name, affine, shape=(40, 36, 14)):
+    """Two nested ellipsoids, stored with ``affine``; image HU encode the label."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    radius = np.sqrt(((grid / np.array([0.8, 0.7, 0.9])[:, None, None, None]) ** 2).sum(0))
+    label = (radius < 1).astype(np.uint8) + (radius < 0.5).astype(np.uint8)
+    write_volume(tmp_path / f"{name}.nii.gz", (label * HU_PER_CLASS).astype(np.int16), affine)
+    return label
+
+
+@pytest.mark.parametrize(
+    "diagonal",
+    [(1.5, 1.5, 3.0), (-1.3, 1.7, 5.0), (-1.6, -1.6, -2.5)],
+    ids=["ras", "flipped_x", "all_flipped"],
+)
+def test_prediction_is_on_the_scan_grid(tmp_path, diagonal):
+    affine = np.diag([*diagonal, 1.0])
+    affine[:3, 3] = [-30.0, 12.0, 7.0]
+    (tmp_path / "in").mkdir()
+    label = blob_scan(tmp_path / "in", "scan", affine)
+    written = folder.run(oracle_predictor(), tmp_path / "in", tmp_path / "out")
+    assert written == [tmp_path / "out/scan.nii.gz"]
+    out = read_volume(written[0])
+    assert out.array.shape == label.shape
+    np.testing.assert_array_equal(out.affine, read_volume(tmp_path / "in/scan.nii.gz").affine)
+    # Resampling to 2x2x4 mm and back moves only edge voxels; a wrong inversion (a flip or
+    # shift left in) would drop these far below.
+    dice = dice_per_label(label, out.array, [1, 2])
+    assert dice[1] > 0.9 and dice[2] > 0.85
+
+
+def test_probabilities_are_a_distribution(tmp_path):
+    (tmp_path / "in").mkdir()
+    blob_scan(tmp_path / "in", "scan", np.diag([2.0, 2.0, 4.0, 1.0]))
+    prediction = oracle_predictor().predict(tmp_path / "in/scan.nii.gz")
+    assert prediction.probabilities.shape == (3, 40, 36, 14)
+    np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(prediction.label, prediction.probabilities.argmax(0))
+
+
+def test_empty_folder_is_named(tmp_path):
+    from pipeline.errors import InputDataError
+
+    with pytest.raises(InputDataError, match=r"no NIfTI scan"):
+        folder.run(oracle_predictor(), tmp_path, tmp_path / "out")

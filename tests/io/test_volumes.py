@@ -1,0 +1,42 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.errors import InputDataError
+from pipeline.io import atomic_output, read_volume, write_volume
+
+
+def test_round_trip_keeps_values_and_affine(tmp_path):
+    affine = np.diag([-1.5, 2.0, 3.5, 1.0])
+    affine[:3, 3] = [10, -20, 5]
+    array = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    write_volume(tmp_path / "v.nii.gz", array, affine)
+    volume = read_volume(tmp_path / "v.nii.gz")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine, affine)
+    assert volume.spacing == pytest.approx((1.5, 2.0, 3.5))
+    assert nib.load(tmp_path / "v.nii.gz").header.get_sform(coded=True)[1] == 1
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"previous"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_unreadable_and_non_3d_files_are_named(tmp_path):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti file")
+    with pytest.raises(InputDataError, match="broken.nii.gz: cannot be read as NIfTI"):
+        read_volume(broken)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), flat)
+    with pytest.raises(InputDataError, match=r"flat.nii.gz: expected a 3D volume, got shape \(4, 4\)"):
+        read_volume(flat)
+    with pytest.raises(InputDataError, match="absent.nii.gz: file not found"):
+        read_volume(tmp_path / "absent.nii.gz")
