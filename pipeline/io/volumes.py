@@ -1,4 +1,9 @@
-"""NIfTI volumes in and out, with their geometry (the voxel-to-world affine, in RAS millimetres)."""
+"""Volumes in and out, with their geometry as a voxel-to-world affine in RAS millimetres.
+
+NIfTI goes through nibabel (lazy, fast); NRRD and MetaImage (.mha/.mhd) through SimpleITK,
+whose LPS geometry is converted to the RAS affine here, once. Arrays are indexed (x, y, z),
+with channels last for multi-channel volumes, as NIfTI stores them.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,130 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from pipeline.errors import InputDataError
 from pipeline.io.atomic import atomic_output
 
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+SITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_ENDINGS = NIFTI_ENDINGS + SITK_ENDINGS
+# Detached-header formats (.nhdr, .mhd) name their data file inside the header, so they cannot
+# be written under a temporary name and renamed; we write their single-file siblings only.
+WRITABLE_ENDINGS = NIFTI_ENDINGS + (".nrrd", ".mha")
+# RAS = LPS with x and y negated.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
 
 @dataclass(frozen=True)
 class Volume:
-    array: np.ndarray
+    array: np.ndarray  # (x, y, z) or (x, y, z, channels)
     affine: np.ndarray  # 4x4, voxel indices -> RAS world millimetres
 
     @property
-    def spacing(self) -> tuple[float, ...]:
+    def spacing(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape[:3])
 
-def read_volume(path: str | Path) -> Volume:
-    """Read a 3D NIfTI volume; any failure is an InputDataError naming the file."""
+    @property
+    def n_channels(self) -> int:
+        return 1 if self.array.ndim == 3 else self.array.shape[3]
+
+
+def volume_ending(path: str | Path) -> str | None:
+    """The recognised file ending of ``path`` ('.nii.gz', '.nrrd' ...), or None."""
+    name = Path(path).name.lower()
+    return next((ending for ending in VOLUME_ENDINGS if name.endswith(ending)), None)
+
+
+def case_name(path: str | Path) -> str:
+    """The file name without its volume ending: 'case_001.nii.gz' -> 'case_001'."""
+    name = Path(path).name
+    ending = volume_ending(path)
+    return name[: -len(ending)] if ending else name
+
+
+def read_volume(path: str | Path, max_channels: int = 1) -> Volume:
+    """Read a 3D volume (or 4D with up to ``max_channels`` channels, last axis).
+
+    Any failure is an InputDataError naming the file: missing, damaged, truncated, of an
+    unknown format, 2D, or with more channels than declared.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"{path}: file not found")
+    ending = volume_ending(path)
+    if ending is None:
+        raise InputDataError(f"{path}: unsupported format (expected one of {', '.join(VOLUME_ENDINGS)})")
     try:
-        image = nib.load(path)
-        array = np.asanyarray(image.dataobj)
-    except FileNotFoundError:
-        raise InputDataError(f"{path}: file not found") from None
-    except Exception as err:  # nibabel raises many types for damaged files
-        raise InputDataError(f"{path}: cannot be read as NIfTI ({err})") from None
-    if array.ndim != 3:
-        raise InputDataError(f"{path}: expected a 3D volume, got shape {array.shape}")
+        volume = _read_nifti(path) if ending in NIFTI_ENDINGS else sitk_to_volume(sitk.ReadImage(str(path)))
+    except InputDataError:
+        raise
+    except Exception as err:  # readers raise many types for damaged files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise InputDataError(f"{path}: cannot be read ({reason})") from None
+    _check_dimensions(path, volume, max_channels)
+    return volume
+
+
+def _read_nifti(path: Path) -> Volume:
+    image = nib.load(path)
+    array = np.asanyarray(image.dataobj)
+    # NIfTI stores extra channels in the 5th axis for vector data, the 4th for time/channels.
+    if array.ndim == 5 and array.shape[3] == 1:
+        array = array[:, :, :, 0, :]
     return Volume(array=array, affine=image.affine.astype(np.float64))
 
 
+def sitk_to_volume(image: sitk.Image) -> Volume:
+    """SimpleITK image (LPS, arrays indexed z, y, x) -> Volume (RAS affine, arrays x, y, z)."""
+    if image.GetDimension() != 3:
+        raise InputDataError(f"expected a 3D image, got {image.GetDimension()}D")
+    array = sitk.GetArrayViewFromImage(image)
+    array = np.ascontiguousarray(array.transpose(2, 1, 0) if array.ndim == 3 else array.transpose(2, 1, 0, 3))
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin())
+    return Volume(array=array, affine=affine)
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    """The inverse of ``sitk_to_volume``."""
+    array = volume.array.transpose(2, 1, 0) if volume.array.ndim == 3 else volume.array.transpose(2, 1, 0, 3)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.array.ndim == 4)
+    spacing = np.array(volume.spacing)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((LPS_TO_RAS @ volume.affine[:3, :3] / spacing).flatten().tolist())
+    image.SetOrigin((LPS_TO_RAS @ volume.affine[:3, 3]).tolist())
+    return image
+
+
+def _check_dimensions(path: Path, volume: Volume, max_channels: int) -> None:
+    shape = volume.array.shape
+    if volume.array.ndim < 3:
+        raise InputDataError(f"{path}: expected a 3D volume, got {volume.array.ndim}D shape {shape}")
+    if volume.array.ndim > 4 or volume.n_channels > max_channels:
+        expected = "a 3D volume" if max_channels == 1 else f"3D with at most {max_channels} channels"
+        raise InputDataError(f"{path}: expected {expected}, got shape {shape}")
+    if min(shape[:3]) < 2:
+        raise InputDataError(f"{path}: expected a 3D volume, got a single slice, shape {shape}")
+
+
 def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``array`` as NIfTI with ``affine`` as both sform and qform (scanner coordinates)."""
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm")
-    image.set_sform(affine, code=1)
-    image.set_qform(affine, code=1)
+    """Write a volume; the format follows the file ending (.nii, .nii.gz, .nrrd or .mha)."""
+    ending = volume_ending(path)
+    if ending not in WRITABLE_ENDINGS:
+        raise ValueError(f"{path}: can only write {', '.join(WRITABLE_ENDINGS)}")
     with atomic_output(path) as tmp:
-        nib.save(image, tmp)
+        if ending in NIFTI_ENDINGS:
+            image = nib.Nifti1Image(array, affine)
+            image.header.set_xyzt_units("mm")
+            image.set_sform(affine, code=1)
+            image.set_qform(affine, code=1)
+            nib.save(image, tmp)
+        else:
+            sitk.WriteImage(volume_to_sitk(Volume(array, affine)), str(tmp), useCompression=True)
