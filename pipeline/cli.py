@@ -21,11 +21,35 @@ def synth(args: argparse.Namespace) -> None:
     print(f"synthetic cohort written to {args.out}")
 
 
+def import_cohort(args: argparse.Namespace) -> None:
+    from pipeline.cohort import importers, qc
+
+    validate_params = load_params(args.params).validate_
+    options = importers.ImportOptions(
+        channel_names=importers.parse_names(args.channels, "--channels"),
+        label_names=importers.parse_names(args.labels, "--labels"),
+        affine_tolerance_mm=validate_params.affine_tolerance_mm,
+        skip_invalid=args.skip_invalid,
+    )
+    reports = importers.run(args.source, args.format, args.out, options)
+    qc.conclude(reports, args.source, args.report, args.skip_invalid)
+    print(f"{sum(not r.errors for r in reports)} cases imported to {args.out}; QC report in {args.report}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    from pipeline.cohort import qc
+
+    reports = qc.run(load_params(args.params).validate_, args.cohort, args.report)
+    left_out = sum(bool(r.errors) for r in reports)
+    print(f"QC report in {args.report}" + (f"; {left_out} invalid cases left out" if left_out else ""))
+
+
 def preprocess(args: argparse.Namespace) -> None:
     from pipeline.preprocess import stage
 
-    plans = stage.run(load_params(args.params).preprocess, args.cohort, args.out)
-    print(f"preprocessed to {args.out} (target spacing {plans.target_spacing} mm)")
+    plans = stage.run(load_params(args.params).preprocess, args.cohort, args.out, args.qc)
+    spacing = "x".join(f"{s:.3g}" for s in plans.target_spacing)
+    print(f"preprocessed to {args.out}: {spacing} mm, patch {plans.patch_size}, batch {plans.batch_size}")
 
 
 def split(args: argparse.Namespace) -> None:
@@ -79,9 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("synth", synth, "write the embedded synthetic CT cohort (MSD layout)")
     sub.add_argument("--out", required=True, type=Path)
 
+    sub = command("import", import_cohort, "import a cohort into the MSD layout, with QC")
+    sub.add_argument("--source", required=True, type=Path)
+    sub.add_argument("--format", required=True, choices=["msd", "nnunet", "folders", "dicom"])
+    sub.add_argument("--out", required=True, type=Path, help="e.g. data/raw/NAME")
+    sub.add_argument("--channels", help="folders/dicom: modality per channel, comma-separated (default CT)")
+    sub.add_argument("--labels", help="folders/dicom: names of label values 1, 2, ..., comma-separated")
+    sub.add_argument("--skip-invalid", action="store_true", help="import the valid cases, list the others")
+    sub.add_argument("--report", default=Path("reports/data_qc.json"), type=Path, help="QC report")
+
+    sub = command("validate", validate, "QC every case of a cohort")
+    sub.add_argument("--cohort", required=True, type=Path)
+    sub.add_argument("--report", required=True, type=Path)
+
     sub = command("preprocess", preprocess, "fingerprint, plan and preprocess the training cases")
     sub.add_argument("--cohort", required=True, type=Path)
     sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--qc", type=Path, help="QC report whose invalid cases are left out")
 
     sub = command("split", split, "k-fold cross-validation splits")
     sub.add_argument("--plans", required=True, type=Path)

@@ -41,10 +41,27 @@ class SynthParams(Section):
     flipped_fraction: Fraction = 0.5
 
 
+class ValidateParams(Section):
+    # Image and label affines may differ by float round-off, not by a misregistration.
+    affine_tolerance_mm: Annotated[float, Field(ge=0)] = 1e-3
+    # Leave out the cases with errors (listed in the report) instead of stopping.
+    skip_invalid: bool = False
+    num_workers: PositiveInt = 2
+
+
 class PreprocessParams(Section):
-    target_spacing: Triple = [2.0, 2.0, 4.0]
+    # "auto": the cohort's median spacing.
+    target_spacing: Literal["auto"] | Triple = "auto"
     # CT: clip to these percentiles of the cohort's foreground intensities, then z-score.
     clip_percentiles: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.5, 99.5]
+    # Patch planning: at most this many voxels per patch, each axis a multiple of the divisor
+    # (which must be a multiple of the network's total downsampling).
+    max_patch_voxels: PositiveInt = 128**3
+    patch_divisor: PositiveInt = 16
+    # Batch planning (nnU-Net's rule): at least 2, at most this many voxels per batch, and at
+    # most 5% of the cohort's voxels, so small cohorts are not seen whole in one step.
+    max_batch_voxels: PositiveInt = 2 * 128**3
+    num_workers: PositiveInt = 2
 
 
 class SplitParams(Section):
@@ -74,8 +91,9 @@ class TrainParams(Section):
     fold: Annotated[int, Field(ge=0)] = 0
     model: str = "resunet_small"
     model_overrides: dict = {}
-    patch_size: IntTriple = [64, 64, 32]
-    batch_size: PositiveInt = 2
+    # "auto": the plan's patch size and batch size (see preprocess).
+    patch_size: Literal["auto"] | IntTriple = "auto"
+    batch_size: Literal["auto"] | PositiveInt = "auto"
     iterations_per_epoch: PositiveInt = 25
     foreground_fraction: Fraction = 0.33
     max_epochs: PositiveInt = 40
@@ -97,7 +115,10 @@ class EvaluateParams(Section):
 
 
 class Params(Section):
+    # The cohort the pipeline runs on: a folder name under data/raw/ (dvc.yaml reads it).
+    cohort: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
     synth: SynthParams = SynthParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
@@ -144,14 +165,26 @@ def _validate(model: type[Section], data: dict, source: str):
 
 
 def _describe(err: ValidationError) -> str:
+    """One line: the first offending key, and every way its value failed (one per union branch)."""
     problems = err.errors()
-    first = problems[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        reason = "unknown key"
-    elif first["type"] == "value_error":  # our own validators already say what they got
-        reason = first["msg"].removeprefix("Value error, ")
-    else:
-        reason = f"{first['msg'].lower()}, got {first['input']!r}"
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    return f"{key}: {reason}{more}"
+    key = _key(problems[0])
+    same_key = [p for p in problems if _key(p) == key]
+    more = len(problems) - len(same_key)
+    suffix = f" (and {more} more problems)" if more else ""
+    if same_key[0]["type"] == "extra_forbidden":
+        return f"{key}: unknown key{suffix}"
+    if same_key[0]["type"] == "value_error":  # our own validators already say what they got
+        return f"{key}: {same_key[0]['msg'].removeprefix('Value error, ')}{suffix}"
+    reasons = " or ".join(dict.fromkeys(p["msg"].lower() for p in same_key))
+    return f"{key}: {reasons}, got {same_key[0]['input']!r}{suffix}"
+
+
+def _key(problem: dict) -> str:
+    # pydantic adds the union branch it tried ("literal['auto']", "list[constrained-int]") to
+    # the location; the user wrote only the key.
+    parts = [str(p) for p in problem["loc"] if not _is_union_branch(p)]
+    return ".".join(parts) or "(top level)"
+
+
+def _is_union_branch(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part.startswith("constrained-"))

@@ -15,8 +15,10 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 TINY_PARAMS = """
+cohort: synthetic
 synth: {seed: 3, n_train: 6, n_test: 2}
-preprocess: {target_spacing: [2.0, 2.0, 4.0]}
+validate: {num_workers: 1}
+preprocess: {target_spacing: [2.0, 2.0, 4.0], num_workers: 1}
 split: {n_folds: 2}
 train:
   model: resunet_small
@@ -59,7 +61,7 @@ def repo(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_repro_then_up_to_date_then_experiment(repo: Path):
     out = run(["dvc", "repro"], repo)
-    for stage in ("synth", "preprocess", "split", "train", "predict", "evaluate"):
+    for stage in ("synth", "validate", "preprocess", "split", "train", "predict", "evaluate"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert set(metrics["segmentation"]["dice"]) == {"organ", "lesion"}

@@ -3,7 +3,9 @@
     imagesTr/<case>.nii.gz  labelsTr/<case>.nii.gz  imagesTs/<case>.nii.gz  labelsTs/<case>.nii.gz
     dataset.json            labels, modality/channel_names, training and test lists
 
-``labelsTs`` is our addition to MSD: the test labels that evaluation compares against.
+Multi-channel cases (MRI T1 + T2, say) are 4D NIfTI files with channels on the last axis, as
+in MSD's own multi-modal tasks. ``labelsTs`` is our addition to MSD: the test labels that
+evaluation compares against.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import InputDataError
 from pipeline.io import write_json
+from pipeline.io.volumes import case_name
 
 FILE_ENDING = ".nii.gz"
 
@@ -29,7 +32,7 @@ class Case:
 class Cohort:
     root: Path
     name: str
-    modality: str  # of the single channel; multi-channel cohorts arrive with issue 3
+    channel_names: list[str]  # modality of each channel: "CT", "T1", "T2", ...
     labels: dict[int, str]  # value -> name, background (0) included
     training: list[Case]
     test: list[Case]
@@ -39,21 +42,23 @@ class Cohort:
         return {value: name for value, name in self.labels.items() if value != 0}
 
 
-def case_name(path: Path) -> str:
-    return path.name.removesuffix(FILE_ENDING)
-
-
 def write_dataset_json(
-    root: Path, name: str, modality: str, labels: dict[int, str], training: list[str], test: list[str]
+    root: Path,
+    name: str,
+    channel_names: list[str],
+    labels: dict[int, str],
+    training: list[str],
+    test: list[str],
 ) -> None:
     """Describe the case files under ``root``; lists are case names, written as MSD paths."""
+    channels = {str(i): channel for i, channel in enumerate(channel_names)}
     write_json(
         root / "dataset.json",
         {
             "name": name,
-            "tensorImageSize": "3D",
-            "modality": {"0": modality},
-            "channel_names": {"0": modality},
+            "tensorImageSize": "3D" if len(channel_names) == 1 else "4D",
+            "modality": channels,
+            "channel_names": channels,
             "labels": {str(value): label for value, label in sorted(labels.items())},
             "file_ending": FILE_ENDING,
             "numTraining": len(training),
@@ -67,31 +72,37 @@ def write_dataset_json(
     )
 
 
-def load_cohort(root: str | Path) -> Cohort:
-    """Read ``dataset.json`` and check that every file it lists exists."""
+def read_dataset_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputDataError(f"{path}: not found; is {path.parent} a cohort in MSD layout?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputDataError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_cohort(root: str | Path, require_files: bool = True) -> Cohort:
+    """Read ``dataset.json``; with ``require_files``, check that every file it lists exists
+    (validation leaves that check to itself, to report each missing file per case)."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise InputDataError(f"{meta_path}: not found; is {root} a cohort in MSD layout?") from None
-    except json.JSONDecodeError as err:
-        raise InputDataError(f"{meta_path}: not valid JSON ({err})") from None
+    meta = read_dataset_json(meta_path)
     try:
         labels = {int(value): str(label) for value, label in meta["labels"].items()}
-        modality = meta.get("channel_names", meta.get("modality"))["0"]
+        channels = meta.get("channel_names", meta.get("modality"))
+        channel_names = [str(channels[key]) for key in sorted(channels, key=int)]
         training = [
-            Case(case_name(Path(entry["image"])), root / entry["image"], root / entry["label"])
+            Case(case_name(entry["image"]), root / entry["image"], root / entry["label"])
             for entry in meta["training"]
         ]
         test = [_test_case(root, entry) for entry in meta.get("test", [])]
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise InputDataError(f"{meta_path}: missing or malformed entry ({err!r})") from None
-    for case in training + test:
+    for case in training + test if require_files else []:
         for path in (case.image, case.label):
             if path is not None and not path.is_file():
                 raise InputDataError(f"{path}: listed in {meta_path} but missing")
-    return Cohort(root, meta.get("name", root.name), modality, labels, training, test)
+    return Cohort(root, meta.get("name", root.name), channel_names, labels, training, test)
 
 
 def _test_case(root: Path, entry: str) -> Case:

@@ -44,7 +44,7 @@ def run(params: SynthParams, out_dir: str | Path) -> None:
         write_dataset_json(
             tmp,
             name="synthetic_ct",
-            modality="CT",
+            channel_names=["CT"],
             labels=LABELS,
             training=names[: params.n_train],
             test=names[params.n_train :],

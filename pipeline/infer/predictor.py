@@ -65,6 +65,8 @@ class Predictor:
         )
         # Probabilities are resampled back (linearly), then the argmax taken on the scan's grid.
         restored = self.inverse(data)["probabilities"].as_tensor().float()
+        # Undoing the crop to the non-zero box pads with zeros: that border is background.
+        restored[0] += (1 - restored.sum(0)).clamp(min=0)
         return Prediction(label=restored.argmax(0).numpy().astype(np.uint8), probabilities=restored.numpy())
 
     def _window_probabilities(self, network: nn.Module, batch: torch.Tensor) -> torch.Tensor:

@@ -36,17 +36,17 @@ def load_preprocessed() -> Compose:
     )
 
 
-def training_augmentation(params: TrainParams) -> Compose:
+def training_augmentation(patch_size: list[int], foreground_fraction: float) -> Compose:
     """Patches with foreground oversampling, mirroring, and mild intensity changes."""
     return Compose(
         [
-            SpatialPadd(KEYS, spatial_size=params.patch_size),
+            SpatialPadd(KEYS, spatial_size=patch_size),
             RandCropByPosNegLabeld(
                 KEYS,
                 label_key="label",
-                spatial_size=params.patch_size,
-                pos=params.foreground_fraction,
-                neg=1 - params.foreground_fraction,
+                spatial_size=patch_size,
+                pos=foreground_fraction,
+                neg=1 - foreground_fraction,
                 num_samples=1,
             ),
             *[RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)],
@@ -58,16 +58,22 @@ def training_augmentation(params: TrainParams) -> Compose:
 
 
 class PreprocessedDataModule(L.LightningDataModule):
-    def __init__(self, preprocessed_dir: Path, fold: dict, params: TrainParams):
+    def __init__(
+        self, preprocessed_dir: Path, fold: dict, patch_size: list[int], batch_size: int, params: TrainParams
+    ):
         super().__init__()
         self.preprocessed_dir = Path(preprocessed_dir)
         self.fold = fold
+        self.patch_size = patch_size
+        self.batch_size = batch_size
         self.params = params
 
     def setup(self, stage: str) -> None:
         self.train_set = CacheDataset(
             case_files(self.preprocessed_dir, self.fold["train"]),
-            Compose([load_preprocessed(), training_augmentation(self.params)]),
+            Compose(
+                [load_preprocessed(), training_augmentation(self.patch_size, self.params.foreground_fraction)]
+            ),
             progress=False,
         )
         self.val_set = CacheDataset(
@@ -79,11 +85,11 @@ class PreprocessedDataModule(L.LightningDataModule):
         sampler = RandomSampler(
             self.train_set,
             replacement=True,
-            num_samples=self.params.iterations_per_epoch * self.params.batch_size,
+            num_samples=self.params.iterations_per_epoch * self.batch_size,
         )
         return DataLoader(
             self.train_set,
-            batch_size=self.params.batch_size,
+            batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.params.num_workers,
             persistent_workers=self.params.num_workers > 0,

@@ -28,15 +28,10 @@ MODEL_JSON = "model.json"
 class ModelDescription:
     network: NetworkParams
     plans: Plans
-    in_channels: int
     patch_size: list[int]
 
-    @property
-    def out_channels(self) -> int:
-        return len(self.plans.labels)
-
     def build(self) -> nn.Module:
-        return build_network(self.network, self.in_channels, self.out_channels)
+        return build_network(self.network, self.plans.n_channels, len(self.plans.labels))
 
 
 def fold_dir(model_dir: Path, fold: int) -> Path:
@@ -50,7 +45,6 @@ def save_description(model_dir: Path, description: ModelDescription, **extra) ->
             "resseg_version": pipeline.__version__,
             "network": description.network.model_dump(),
             "plans": description.plans.to_dict(),
-            "in_channels": description.in_channels,
             "patch_size": description.patch_size,
             **extra,
         },
@@ -69,7 +63,6 @@ def load_description(model_dir: Path) -> ModelDescription:
         return ModelDescription(
             network=NetworkParams.model_validate(data["network"]),
             plans=Plans.from_dict(data["plans"]),
-            in_channels=int(data["in_channels"]),
             patch_size=list(data["patch_size"]),
         )
     except FileNotFoundError:

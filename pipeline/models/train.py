@@ -32,12 +32,15 @@ def run(
     if params.fold >= len(folds):
         raise ConfigError(f"train.fold: {params.fold} but {splits_path} has folds 0-{len(folds) - 1}")
 
+    patch_size = plans.patch_size if params.patch_size == "auto" else params.patch_size
+    batch_size = plans.batch_size if params.batch_size == "auto" else params.batch_size
+
     L.seed_everything(params.seed, workers=True)
-    description = ModelDescription(network_params, plans, in_channels=1, patch_size=params.patch_size)
+    description = ModelDescription(network_params, plans, patch_size=patch_size)
     module = SegmentationModule(
         description.build(),
-        label_names={v: n for v, n in plans.labels.items() if v != 0},
-        patch_size=params.patch_size,
+        label_names=plans.foreground_labels,
+        patch_size=patch_size,
         learning_rate=params.learning_rate,
         weight_decay=params.weight_decay,
     )
@@ -58,7 +61,8 @@ def run(
         num_sanity_val_steps=0,
         log_every_n_steps=min(params.iterations_per_epoch, 50),
     )
-    trainer.fit(module, datamodule=PreprocessedDataModule(preprocessed_dir, folds[params.fold], params))
+    data = PreprocessedDataModule(preprocessed_dir, folds[params.fold], patch_size, batch_size, params)
+    trainer.fit(module, datamodule=data)
 
     best = torch.load(checkpoints.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])

@@ -1,53 +1,84 @@
-"""What the training cases look like: spacings, shapes and foreground intensities."""
+"""What the training cases look like: spacings, shapes and per-channel foreground intensities."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.cohort.dataset import Case
 from pipeline.io import read_volume
 
-# Foreground voxels sampled per case: enough for stable percentiles, bounded memory.
+# Foreground voxels sampled per case and channel: enough for stable percentiles, bounded memory.
 SAMPLES_PER_CASE = 10_000
 
 
 @dataclass(frozen=True)
-class Fingerprint:
-    spacings: list[list[float]]
-    shapes: list[list[int]]
-    foreground_percentiles: dict[str, float]  # "0.5" and "99.5" etc. -> HU
-    foreground_mean: float
-    foreground_std: float
+class CaseFingerprint:
+    name: str
+    spacing: list[float]
+    shape: list[int]  # after cropping to the non-zero bounding box, as preprocessing does
+    foreground_samples: np.ndarray  # (channels, n)
 
-    @property
-    def median_spacing(self) -> list[float]:
-        return np.median(np.array(self.spacings), axis=0).tolist()
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    percentile_low: float
+    percentile_high: float
+    mean: float  # of the foreground, clipped to the percentiles
+    std: float
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    spacings: np.ndarray  # (cases, 3)
+    shapes: np.ndarray  # (cases, 3)
+    channels: list[ChannelStatistics]
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "median_spacing": self.median_spacing}
+        return {
+            "spacings": self.spacings.tolist(),
+            "shapes": self.shapes.tolist(),
+            "median_spacing": np.median(self.spacings, axis=0).tolist(),
+            "median_shape": np.median(self.shapes, axis=0).tolist(),
+            "channels": [vars(c) for c in self.channels],
+        }
 
 
-def compute_fingerprint(cases: list[Case], percentiles: tuple[float, float], seed: int = 0) -> Fingerprint:
+def fingerprint_case(case: Case, n_channels: int, seed: int) -> CaseFingerprint:
+    image, label = read_volume(case.image, max_channels=n_channels), read_volume(case.label)
+    channels = image.array if image.array.ndim == 4 else image.array[..., None]
+    foreground = np.asarray(label.array) > 0
     rng = np.random.default_rng(seed)
-    spacings, shapes, samples = [], [], []
-    for case in cases:
-        image, label = read_volume(case.image), read_volume(case.label)
-        spacings.append(list(image.spacing))
-        shapes.append(list(image.array.shape))
-        foreground = np.asarray(image.array, np.float64)[np.asarray(label.array) > 0]
-        take = min(len(foreground), SAMPLES_PER_CASE)
-        samples.append(rng.choice(foreground, size=take, replace=False))
-    values = np.concatenate(samples)
-    if values.size == 0:
+    count = int(foreground.sum())
+    chosen = rng.choice(count, size=min(count, SAMPLES_PER_CASE), replace=False)
+    samples = np.stack(
+        [np.asarray(channels[..., c][foreground], np.float64)[chosen] for c in range(n_channels)]
+    )
+    return CaseFingerprint(case.name, list(image.spacing), _nonzero_box_shape(channels), samples)
+
+
+def combine(cases: list[CaseFingerprint], percentiles: tuple[float, float]) -> Fingerprint:
+    samples = np.concatenate([case.foreground_samples for case in cases], axis=1)
+    if samples.shape[1] == 0:
         raise ValueError("no foreground voxel in any training label")
+    return Fingerprint(
+        spacings=np.array([case.spacing for case in cases]),
+        shapes=np.array([case.shape for case in cases]),
+        channels=[_channel_statistics(values, percentiles) for values in samples],
+    )
+
+
+def _channel_statistics(values: np.ndarray, percentiles: tuple[float, float]) -> ChannelStatistics:
     low, high = np.percentile(values, percentiles)
     clipped = np.clip(values, low, high)
-    return Fingerprint(
-        spacings=spacings,
-        shapes=shapes,
-        foreground_percentiles={str(p): float(v) for p, v in zip(percentiles, (low, high), strict=True)},
-        foreground_mean=float(clipped.mean()),
-        foreground_std=float(clipped.std()),
-    )
+    return ChannelStatistics(float(low), float(high), float(clipped.mean()), float(clipped.std()))
+
+
+def _nonzero_box_shape(channels: np.ndarray) -> list[int]:
+    nonzero = np.any(channels != 0, axis=-1)
+    extents = []
+    for axis in range(3):
+        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        extents.append(int(hits[-1] - hits[0] + 1) if hits.size else 0)
+    return extents

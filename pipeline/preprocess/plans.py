@@ -18,21 +18,33 @@ AXCODES = "RAS"
 
 
 @dataclass(frozen=True)
-class IntensityNormalization:
-    """CT: clip to the cohort's foreground percentiles, then z-score with its statistics."""
+class ChannelNormalization:
+    """``ct``: clip to the cohort's foreground percentiles, then z-score with its statistics.
+    ``zscore``: per case, z-score over the case's non-zero voxels (MRI and other modalities)."""
 
-    clip_low: float
-    clip_high: float
-    mean: float
-    std: float
+    scheme: str
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
 
 
 @dataclass(frozen=True)
 class Plans:
-    modality: str
+    channel_names: list[str]
     labels: dict[int, str]  # value -> name, background included
     target_spacing: tuple[float, float, float]
-    intensity: IntensityNormalization
+    normalization: list[ChannelNormalization]  # one per channel
+    patch_size: list[int]
+    batch_size: int
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def foreground_labels(self) -> dict[int, str]:
+        return {value: name for value, name in self.labels.items() if value != 0}
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -43,10 +55,12 @@ class Plans:
     @classmethod
     def from_dict(cls, data: dict) -> Plans:
         return cls(
-            modality=data["modality"],
+            channel_names=list(data["channel_names"]),
             labels={int(value): name for value, name in data["labels"].items()},
             target_spacing=tuple(data["target_spacing"]),
-            intensity=IntensityNormalization(**data["intensity"]),
+            normalization=[ChannelNormalization(**n) for n in data["normalization"]],
+            patch_size=list(data["patch_size"]),
+            batch_size=int(data["batch_size"]),
         )
 
     def save(self, path: Path, **extra) -> None:

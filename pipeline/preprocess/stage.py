@@ -4,64 +4,79 @@ Output folder:
     plans.json             the plan (see plans.py), the fingerprint and per-case properties
     <case>_image.npy       float32, (channels, x, y, z), RAS, target spacing, normalised
     <case>_label.npy       uint8, (1, x, y, z), same grid
+
+``.npy`` files can be memory-mapped by training. Cases run in ``num_workers`` processes; each
+worker holds one case at a time, which bounds memory whatever the cohort size.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cohort.dataset import Cohort, load_cohort
+from pipeline.cohort.dataset import Case, load_cohort
 from pipeline.config import PreprocessParams
 from pipeline.errors import InputDataError
 from pipeline.io import atomic_directory
-from pipeline.preprocess.fingerprint import Fingerprint, compute_fingerprint
-from pipeline.preprocess.plans import IntensityNormalization, Plans
+from pipeline.parallel import map_cases
+from pipeline.preprocess.fingerprint import combine, fingerprint_case
+from pipeline.preprocess.planner import make_plans
+from pipeline.preprocess.plans import Plans
 from pipeline.preprocess.transforms import build_preprocessing
 
 
-def run(params: PreprocessParams, cohort_dir: str | Path, out_dir: str | Path) -> Plans:
+def run(
+    params: PreprocessParams, cohort_dir: str | Path, out_dir: str | Path, qc_report: str | Path | None = None
+) -> Plans:
     cohort = load_cohort(cohort_dir)
-    if cohort.modality.upper() != "CT":
-        raise InputDataError(f"{cohort.root}: modality {cohort.modality!r}; only CT is planned so far")
+    cases = _valid_cases(cohort.training, qc_report)
+    n_channels = len(cohort.channel_names)
+    fingerprints = map_cases(
+        fingerprint_case,
+        [(case, n_channels, seed) for seed, case in enumerate(cases)],
+        params.num_workers,
+        "fingerprint",
+    )
     try:
-        fingerprint = compute_fingerprint(cohort.training, tuple(params.clip_percentiles))
+        fingerprint = combine(fingerprints, tuple(params.clip_percentiles))
     except ValueError as err:
         raise InputDataError(f"{cohort.root}: {err}") from None
-    plans = make_plans(cohort, fingerprint, params)
-    chain = build_preprocessing(plans)
+    plans = make_plans(fingerprint, cohort.channel_names, cohort.labels, params)
     with atomic_directory(out_dir) as tmp:
-        properties = [_preprocess_case(chain, case, tmp) for case in cohort.training]
+        properties = map_cases(
+            preprocess_case, [(plans, case, tmp) for case in cases], params.num_workers, "preprocess"
+        )
         plans.save(tmp / "plans.json", fingerprint=fingerprint.to_dict(), cases=properties)
     return plans
 
 
-def make_plans(cohort: Cohort, fingerprint: Fingerprint, params: PreprocessParams) -> Plans:
-    low, high = fingerprint.foreground_percentiles.values()
-    return Plans(
-        modality=cohort.modality,
-        labels=cohort.labels,
-        target_spacing=tuple(params.target_spacing),
-        intensity=IntensityNormalization(
-            clip_low=low,
-            clip_high=high,
-            mean=fingerprint.foreground_mean,
-            # A constant foreground (std 0) would divide by zero; 1 leaves it merely centred.
-            std=fingerprint.foreground_std or 1.0,
-        ),
-    )
-
-
-def _preprocess_case(chain, case, out_dir: Path) -> dict:
-    data = chain({"image": str(case.image), "label": str(case.label)})
+def preprocess_case(plans: Plans, case: Case, out_dir: Path) -> dict:
+    """Run the chain on one case, save its arrays, and return what is needed to invert it."""
+    data = build_preprocessing(plans)({"image": str(case.image), "label": str(case.label)})
     image = data["image"].numpy().astype(np.float32)
     label = np.rint(data["label"].numpy()).astype(np.uint8)
     np.save(out_dir / f"{case.name}_image.npy", image)
     np.save(out_dir / f"{case.name}_label.npy", label)
     values, counts = np.unique(label, return_counts=True)
+    crop = next(op for op in data["image"].applied_operations if op["class"] == "CropForeground")
     return {
         "name": case.name,
         "shape": list(image.shape[1:]),
         "label_voxels": {str(v): int(c) for v, c in zip(values, counts, strict=True)},
+        "original_shape": list(crop["orig_size"]),
+        "original_affine": data["image"].meta["original_affine"].tolist(),
+        # Voxels cropped before/after the non-zero box on each original axis.
+        "crop": [int(v) for v in crop["extra_info"]["cropped"]],
+        "spacing": [float(s) for s in np.diag(data["image"].affine)[:3]],
     }
+
+
+def _valid_cases(cases: list[Case], qc_report: str | Path | None) -> list[Case]:
+    """Leave out the cases that validation found in error (when told to skip them)."""
+    if qc_report is None:
+        return cases
+    report = json.loads(Path(qc_report).read_text())
+    invalid = {row["case"] for row in report["cases"] if row["errors"]}
+    return [case for case in cases if case.name not in invalid]

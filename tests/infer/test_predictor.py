@@ -10,16 +10,18 @@ from pipeline.infer import folder
 from pipeline.infer.predictor import Predictor
 from pipeline.io import read_volume, write_volume
 from pipeline.models.model_dir import ModelDescription
-from pipeline.preprocess.plans import IntensityNormalization, Plans
+from pipeline.preprocess.plans import ChannelNormalization, Plans
 from tests.conftest import TINY_NETWORK
 
 HU_PER_CLASS = 100.0
 PLANS = Plans(
-    modality="CT",
+    channel_names=["CT"],
     labels={0: "background", 1: "organ", 2: "lesion"},
     target_spacing=(2.0, 2.0, 4.0),
     # An identity normalisation, so the oracle below can read HU back.
-    intensity=IntensityNormalization(clip_low=-1000.0, clip_high=1000.0, mean=0.0, std=1.0),
+    normalization=[ChannelNormalization("ct", clip_low=-1000.0, clip_high=1000.0, mean=0.0, std=1.0)],
+    patch_size=[32, 32, 16],
+    batch_size=2,
 )
 
 
@@ -32,7 +34,7 @@ class Oracle(nn.Module):
 
 
 def oracle_predictor():
-    description = ModelDescription(TINY_NETWORK, PLANS, in_channels=1, patch_size=[32, 32, 16])
+    description = ModelDescription(TINY_NETWORK, PLANS, patch_size=[32, 32, 16])
     return Predictor(description, [Oracle()], overlap=0.25, device="cpu")
 
 

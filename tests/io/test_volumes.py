@@ -32,11 +32,11 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
 def test_unreadable_and_non_3d_files_are_named(tmp_path):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti file")
-    with pytest.raises(InputDataError, match="broken.nii.gz: cannot be read as NIfTI"):
+    with pytest.raises(InputDataError, match=r"broken.nii.gz: cannot be read \("):
         read_volume(broken)
     flat = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), flat)
-    with pytest.raises(InputDataError, match=r"flat.nii.gz: expected a 3D volume, got shape \(4, 4\)"):
+    with pytest.raises(InputDataError, match=r"flat.nii.gz: expected a 3D volume, got 2D shape \(4, 4\)"):
         read_volume(flat)
     with pytest.raises(InputDataError, match="absent.nii.gz: file not found"):
         read_volume(tmp_path / "absent.nii.gz")

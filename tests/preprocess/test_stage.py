@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 
 from pipeline.cohort.dataset import load_cohort
+from pipeline.config import PreprocessParams
+from pipeline.errors import InputDataError
 from pipeline.io import read_volume
-from pipeline.preprocess.fingerprint import SAMPLES_PER_CASE, compute_fingerprint
+from pipeline.preprocess import stage
+from pipeline.preprocess.fingerprint import SAMPLES_PER_CASE, combine, fingerprint_case
 
 
 def test_fingerprint_matches_hand_computed_statistics(cohort_dir):
@@ -16,18 +19,23 @@ def test_fingerprint_matches_hand_computed_statistics(cohort_dir):
     foreground = np.concatenate([image[label > 0].astype(float) for image, label in volumes])
     low, high = np.percentile(foreground, [0.5, 99.5])
 
-    fingerprint = compute_fingerprint(cases, (0.5, 99.5))
-    assert fingerprint.foreground_percentiles == {"0.5": pytest.approx(low), "99.5": pytest.approx(high)}
-    assert fingerprint.foreground_mean == pytest.approx(np.clip(foreground, low, high).mean())
-    assert fingerprint.foreground_std == pytest.approx(np.clip(foreground, low, high).std())
-    assert fingerprint.spacings[0] == pytest.approx(list(read_volume(cases[0].image).spacing))
+    fingerprint = combine([fingerprint_case(case, 1, seed=i) for i, case in enumerate(cases)], (0.5, 99.5))
+    (stats,) = fingerprint.channels
+    assert stats.percentile_low == pytest.approx(low) and stats.percentile_high == pytest.approx(high)
+    assert stats.mean == pytest.approx(np.clip(foreground, low, high).mean())
+    assert stats.std == pytest.approx(np.clip(foreground, low, high).std())
+    np.testing.assert_allclose(fingerprint.spacings[0], read_volume(cases[0].image).spacing)
+    # The synthetic CT has air (-1000, non-zero) everywhere: the non-zero box is the whole image.
+    np.testing.assert_array_equal(fingerprint.shapes[0], read_volume(cases[0].image).shape)
 
 
 def test_preprocessed_cases_and_plans(preprocessed_dir, cohort_dir):
     plans = json.loads((preprocessed_dir / "plans.json").read_text())
-    assert plans["target_spacing"] == [2.0, 2.0, 4.0]
+    median_spacing = np.median([read_volume(c.image).spacing for c in load_cohort(cohort_dir).training], axis=0)
+    np.testing.assert_allclose(plans["target_spacing"], median_spacing)
     assert plans["labels"] == {"0": "background", "1": "organ", "2": "lesion"}
-    assert plans["intensity"]["clip_low"] < plans["intensity"]["mean"] < plans["intensity"]["clip_high"]
+    (norm,) = plans["normalization"]
+    assert norm["scheme"] == "ct" and norm["clip_low"] < norm["mean"] < norm["clip_high"]
     names = [case.name for case in load_cohort(cohort_dir).training]
     assert [c["name"] for c in plans["cases"]] == names
     for case in plans["cases"]:
@@ -36,16 +44,30 @@ def test_preprocessed_cases_and_plans(preprocessed_dir, cohort_dir):
         assert image.dtype == np.float32 and label.dtype == np.uint8
         assert image.shape == label.shape == (1, *case["shape"])
         assert {int(v) for v in np.unique(label)} == {int(v) for v in case["label_voxels"]}
-        # Organ voxels are normalised into the clip window.
-        organ = image[label == 1]
-        assert -4 < organ.mean() < 4
+        # Resampling keeps the field of view: shape x spacing is the original extent.
+        extent = np.array(case["shape"]) * np.array(case["spacing"])
+        original = np.array(case["original_shape"]) * np.linalg.norm(np.array(case["original_affine"])[:3, :3], axis=0)
+        np.testing.assert_allclose(extent, original, rtol=1e-3)
+        assert -4 < image[label == 1].mean() < 4  # organ voxels normalised into the clip window
+
+
+def test_workers_give_identical_output(cohort_dir, preprocessed_dir, tmp_path):
+    stage.run(PreprocessParams(num_workers=1), cohort_dir, tmp_path / "serial")
+    for path in preprocessed_dir.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(path), np.load(tmp_path / "serial" / path.name))
+    serial = json.loads((tmp_path / "serial/plans.json").read_text())
+    assert serial == json.loads((preprocessed_dir / "plans.json").read_text())
+
+
+def test_invalid_cases_listed_in_the_qc_report_are_left_out(cohort_dir, tmp_path):
+    report = {"cases": [{"case": "synth_001", "errors": ["label shape differs"]}]}
+    (tmp_path / "qc.json").write_text(json.dumps(report))
+    stage.run(PreprocessParams(num_workers=1), cohort_dir, tmp_path / "out", qc_report=tmp_path / "qc.json")
+    names = [c["name"] for c in json.loads((tmp_path / "out/plans.json").read_text())["cases"]]
+    assert "synth_001" not in names and len(names) == 5
 
 
 def test_no_half_written_output_on_bad_cohort(tmp_path):
-    from pipeline.config import PreprocessParams
-    from pipeline.errors import InputDataError
-    from pipeline.preprocess import stage
-
     out = tmp_path / "preprocessed"
     with pytest.raises(InputDataError, match="dataset.json: not found"):
         stage.run(PreprocessParams(), tmp_path / "nowhere", out)

@@ -3,16 +3,19 @@
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Invertd
 
 from pipeline.io import write_volume
-from pipeline.preprocess.plans import IntensityNormalization, Plans
+from pipeline.preprocess.plans import ChannelNormalization, Plans
 from pipeline.preprocess.transforms import build_preprocessing
 
 PLANS = Plans(
-    modality="CT",
+    channel_names=["CT"],
     labels={0: "background", 1: "organ"},
     target_spacing=(2.0, 2.0, 4.0),
-    intensity=IntensityNormalization(clip_low=-100.0, clip_high=200.0, mean=50.0, std=25.0),
+    normalization=[ChannelNormalization("ct", clip_low=-100.0, clip_high=200.0, mean=50.0, std=25.0)],
+    patch_size=[32, 32, 16],
+    batch_size=2,
 )
 
 
@@ -25,7 +28,7 @@ def write_pair(tmp_path, name, image, label, affine):
 def test_output_is_ras_at_target_spacing(tmp_path):
     # LPS-like storage, 1 x 1 x 2 mm: x and y flipped relative to RAS.
     affine = np.diag([-1.0, -1.0, 2.0, 1.0])
-    image = np.zeros((16, 12, 8), np.int16)
+    image = np.full((16, 12, 8), -1000, np.int16)  # air everywhere: nothing to crop
     label = np.zeros((16, 12, 8), np.uint8)
     out = build_preprocessing(PLANS)(write_pair(tmp_path, "a", image, label, affine))
     assert tuple(out["image"].shape) == (1, 8, 6, 4)
@@ -63,3 +66,22 @@ def test_ct_intensity_is_clipped_then_z_scored(tmp_path, hu, expected):
         }
     )
     assert torch.allclose(out["image"].as_tensor(), torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+
+
+def test_inversion_restores_geometry_and_labels_exactly(tmp_path):
+    """No resampling needed (spacing = target): crop, reorientation and their inverses must
+    give back the stored label voxel for voxel, on the original grid."""
+    rng = np.random.default_rng(1)
+    image = np.zeros((20, 18, 10), np.int16)  # zero border: cropped away by preprocessing
+    image[3:17, 2:15, 1:9] = rng.integers(-900, 300, size=(14, 13, 8))
+    label = np.zeros_like(image, dtype=np.uint8)
+    label[5:12, 4:10, 2:7] = 1
+    label[7:9, 5:7, 3:5] = 2
+    affine = np.diag([-2.0, 2.0, -4.0, 1.0])  # flipped x and z, at the target spacing
+    affine[:3, 3] = [40.0, -10.0, 30.0]
+    chain = build_preprocessing(PLANS)
+    out = chain(write_pair(tmp_path, "inv", image, label, affine))
+    assert tuple(out["label"].shape[1:]) == (14, 13, 8)  # cropped to the non-zero box
+    restored = Invertd("label", chain, orig_keys="label", nearest_interp=True)(out)["label"]
+    np.testing.assert_array_equal(restored[0].numpy().astype(np.uint8), label)
+    np.testing.assert_allclose(restored.affine.numpy(), affine)

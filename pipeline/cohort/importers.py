@@ -1,0 +1,232 @@
+"""``resseg import``: bring a cohort in from the layouts hospitals have, into our MSD layout.
+
+Each source format lists its cases as ``SourceCase``s: a name, a split, and how to read the
+image channels and the label. The import reads each case once, checks it (validate.py), and
+writes it as NIfTI; the output folder appears only when the whole import succeeded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cohort.dataset import FILE_ENDING, read_dataset_json, write_dataset_json
+from pipeline.cohort.validate import CaseReport, check_case
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.io import Volume, atomic_directory, read_volume, write_volume
+from pipeline.io.volumes import case_name, volume_ending
+
+# nnU-Net's channel suffix: case_0000.nii.gz is channel 0 of "case".
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    name: str
+    split: str  # "train" or "test"
+    read_image: Callable[[], Volume]
+    read_label: Callable[[], Volume] | None
+
+
+@dataclass(frozen=True)
+class SourceCohort:
+    channel_names: list[str]
+    labels: dict[int, str]
+    cases: list[SourceCase]
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    channel_names: list[str] | None = None  # folders/dicom: modality per channel
+    label_names: list[str] | None = None  # folders/dicom: names of label values 1, 2, ...
+    affine_tolerance_mm: float = 1e-3
+    skip_invalid: bool = False
+
+
+def run(source: Path, fmt: str, out: Path, options: ImportOptions) -> list[CaseReport]:
+    if not Path(source).is_dir():
+        raise InputDataError(f"{source}: not a folder")
+    cohort = SOURCES[fmt](Path(source), options)
+    if not cohort.cases:
+        raise InputDataError(f"{source}: no case found for format {fmt!r}")
+    with atomic_directory(out) as tmp:
+        reports = [_import_case(case, cohort, tmp, options) for case in cohort.cases]
+        written = [r for r in reports if not r.errors]
+        if len(written) < len(reports) and not options.skip_invalid:
+            return reports  # nothing is written: qc.conclude reports and stops
+        write_dataset_json(
+            tmp,
+            name=Path(out).name,
+            channel_names=cohort.channel_names,
+            labels=cohort.labels,
+            training=[r.case for r in written if r.split == "train"],
+            test=[r.case for r in written if r.split == "test"],
+        )
+    return reports
+
+
+def _import_case(case: SourceCase, cohort: SourceCohort, out: Path, options: ImportOptions) -> CaseReport:
+    report = CaseReport(case.name, case.split)
+    try:
+        image = case.read_image()
+        label = case.read_label() if case.read_label else None
+    except InputDataError as err:
+        report.errors.append(str(err))
+        return report
+    check_case(report, image, label, cohort.channel_names, cohort.labels, options.affine_tolerance_mm)
+    if report.errors:
+        return report
+    suffix = "Tr" if case.split == "train" else "Ts"
+    write_volume(out / f"images{suffix}" / f"{case.name}{FILE_ENDING}", image.array, image.affine)
+    if label is not None:
+        values = np.asarray(label.array)
+        dtype = np.uint8 if values.max(initial=0) < 256 else np.uint16
+        write_volume(
+            out / f"labels{suffix}" / f"{case.name}{FILE_ENDING}", values.astype(dtype), image.affine
+        )
+    return report
+
+
+# --- source formats ---------------------------------------------------------------------------
+
+
+def from_msd(source: Path, options: ImportOptions) -> SourceCohort:
+    meta = read_dataset_json(source / "dataset.json")
+    try:
+        channels = meta.get("channel_names") or meta["modality"]
+        channel_names = [str(channels[k]) for k in sorted(channels, key=int)]
+        labels = {int(v): str(n) for v, n in meta["labels"].items()}
+        cases = [
+            _channel_case(
+                case_name(e["image"]), "train", [source / e["image"]], len(channels), source / e["label"]
+            )
+            for e in meta["training"]
+        ]
+        for entry in meta.get("test", []):
+            image = source / (entry if isinstance(entry, str) else entry["image"])
+            label = source / "labelsTs" / image.name
+            cases.append(
+                _channel_case(
+                    case_name(image), "test", [image], len(channels), label if label.exists() else None
+                )
+            )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputDataError(f"{source / 'dataset.json'}: missing or malformed entry ({err!r})") from None
+    return SourceCohort(channel_names, labels, cases)
+
+
+def from_nnunet(source: Path, options: ImportOptions) -> SourceCohort:
+    meta = read_dataset_json(source / "dataset.json")
+    try:
+        channel_names = [str(meta["channel_names"][k]) for k in sorted(meta["channel_names"], key=int)]
+        ending = meta["file_ending"]
+        if any(not isinstance(v, int) for v in meta["labels"].values()):
+            raise InputDataError(
+                f"{source / 'dataset.json'}: region-based labels (lists of values) are not supported"
+            )
+        labels = {int(v): str(n) for n, v in meta["labels"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputDataError(f"{source / 'dataset.json'}: missing or malformed entry ({err!r})") from None
+    cases = []
+    for split, images_dir, labels_dir in (
+        ("train", "imagesTr", "labelsTr"),
+        ("test", "imagesTs", "labelsTs"),
+    ):
+        for name, channel_files in _group_channels(source / images_dir, ending).items():
+            label = source / labels_dir / f"{name}{ending}"
+            has_label = split == "train" or label.exists()
+            cases.append(
+                _channel_case(name, split, channel_files, len(channel_names), label if has_label else None)
+            )
+    return SourceCohort(channel_names, labels, cases)
+
+
+def from_folders(source: Path, options: ImportOptions) -> SourceCohort:
+    channel_names = options.channel_names or ["CT"]
+    images = {}
+    for path in sorted((source / "images").iterdir()) if (source / "images").is_dir() else []:
+        if volume_ending(path):
+            images.setdefault(
+                _strip_channel(case_name(path)) if len(channel_names) > 1 else case_name(path), []
+            ).append(path)
+    if not images:
+        raise InputDataError(f"{source / 'images'}: no image file found")
+    label_files = {case_name(p): p for p in (source / "labels").glob("*") if volume_ending(p)}
+    cases = [
+        _channel_case(
+            name, "train", files, len(channel_names), label_files.get(name, source / "labels" / name)
+        )
+        for name, files in images.items()
+    ]
+    return SourceCohort(channel_names, _declared_labels(options, "folders"), cases)
+
+
+SOURCES: dict[str, Callable[[Path, ImportOptions], SourceCohort]] = {
+    "msd": from_msd,
+    "nnunet": from_nnunet,
+    "folders": from_folders,
+}
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _channel_case(
+    name: str, split: str, channel_files: list[Path], n_channels: int, label: Path | None
+) -> SourceCase:
+    def read_image() -> Volume:
+        if len(channel_files) == 1:
+            return read_volume(channel_files[0], max_channels=n_channels)
+        return stack_channels([read_volume(path) for path in channel_files], channel_files)
+
+    def read_label() -> Volume:
+        if not label.is_file():
+            raise InputDataError(f"{label}: label file not found (expected for case {name})")
+        return read_volume(label)
+
+    return SourceCase(name, split, read_image, read_label if label is not None else None)
+
+
+def stack_channels(channels: list[Volume], paths: list[Path], tolerance_mm: float = 1e-3) -> Volume:
+    """Single-channel volumes of one case (``_0000``, ``_0001`` ...) as one multi-channel volume."""
+    first = channels[0]
+    for volume, path in zip(channels[1:], paths[1:], strict=True):
+        if volume.shape != first.shape or np.abs(volume.affine - first.affine).max() > tolerance_mm:
+            raise InputDataError(f"{path}: geometry differs from channel 0 ({paths[0].name})")
+    return Volume(np.stack([np.asarray(v.array) for v in channels], axis=-1), first.affine)
+
+
+def _group_channels(folder: Path, ending: str) -> dict[str, list[Path]]:
+    """nnU-Net's ``{case}_{XXXX}{ending}`` files grouped by case, channels in order."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob(f"*{ending}")) if folder.is_dir() else []:
+        match = CHANNEL_SUFFIX.match(path.name[: -len(ending)])
+        if match is None:
+            raise InputDataError(f"{path}: expected nnU-Net's {{case}}_{{XXXX}}{ending} channel naming")
+        groups.setdefault(match["case"], []).append(path)
+    return groups
+
+
+def _strip_channel(name: str) -> str:
+    match = CHANNEL_SUFFIX.match(name)
+    return match["case"] if match else name
+
+
+def _declared_labels(options: ImportOptions, fmt: str) -> dict[int, str]:
+    """Formats without a dataset.json name their labels on the command line."""
+    if not options.label_names:
+        raise ConfigError(f"--labels: required for --format {fmt} (names of label values 1, 2, ...)")
+    return {0: "background", **{i + 1: name for i, name in enumerate(options.label_names)}}
+
+
+def parse_names(text: str | None, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"{option}: expected comma-separated names, got {text!r}")
+    return names
