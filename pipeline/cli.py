@@ -22,7 +22,7 @@ def synth(args: argparse.Namespace) -> None:
 
 
 def import_cohort(args: argparse.Namespace) -> None:
-    from pipeline.cohort import importers, qc
+    from pipeline.cohort import importers
 
     validate_params = load_params(args.params).validate_
     options = importers.ImportOptions(
@@ -31,8 +31,7 @@ def import_cohort(args: argparse.Namespace) -> None:
         affine_tolerance_mm=validate_params.affine_tolerance_mm,
         skip_invalid=args.skip_invalid,
     )
-    reports = importers.run(args.source, args.format, args.out, options)
-    qc.conclude(reports, args.source, args.report, args.skip_invalid)
+    reports = importers.run(args.source, args.format, args.out, options, args.report)
     print(f"{sum(not r.errors for r in reports)} cases imported to {args.out}; QC report in {args.report}")
 
 

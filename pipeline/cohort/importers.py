@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cohort.dataset import FILE_ENDING, read_dataset_json, write_dataset_json
+from pipeline.cohort.qc import conclude
 from pipeline.cohort.validate import CaseReport, check_case
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.io import Volume, atomic_directory, read_volume, write_volume
@@ -47,7 +48,16 @@ class ImportOptions:
     skip_invalid: bool = False
 
 
-def run(source: Path, fmt: str, out: Path, options: ImportOptions) -> list[CaseReport]:
+def run(
+    source: Path,
+    fmt: str,
+    out: Path,
+    options: ImportOptions,
+    report_path: Path,
+    echo: Callable[[str], None] = print,
+) -> list[CaseReport]:
+    """Import, write the QC report and show its table; stop (writing no cohort) on invalid
+    cases unless ``options.skip_invalid``."""
     if not Path(source).is_dir():
         raise InputDataError(f"{source}: not a folder")
     cohort = SOURCES[fmt](Path(source), options)
@@ -55,9 +65,8 @@ def run(source: Path, fmt: str, out: Path, options: ImportOptions) -> list[CaseR
         raise InputDataError(f"{source}: no case found for format {fmt!r}")
     with atomic_directory(out) as tmp:
         reports = [_import_case(case, cohort, tmp, options) for case in cohort.cases]
+        conclude(reports, Path(source), Path(report_path), options.skip_invalid, echo)
         written = [r for r in reports if not r.errors]
-        if len(written) < len(reports) and not options.skip_invalid:
-            return reports  # nothing is written: qc.conclude reports and stops
         write_dataset_json(
             tmp,
             name=Path(out).name,
