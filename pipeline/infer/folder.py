@@ -24,9 +24,9 @@ def run(predictor: Predictor, input_dir: str | Path, output_dir: str | Path) -> 
     for scan in find_scans(Path(input_dir)):
         prediction = predictor.predict(scan)
         # The scan's own affine, read independently of MONAI, is the geometry we promise.
-        reference = read_volume(scan)
-        if prediction.label.shape != reference.array.shape:
-            shapes = f"{prediction.label.shape} vs {reference.array.shape}"
+        reference = read_volume(scan, max_channels=predictor.description.plans.n_channels)
+        if prediction.label.shape != reference.shape:
+            shapes = f"{prediction.label.shape} vs {reference.shape}"
             raise RuntimeError(f"{scan}: inverse preprocessing did not restore the scan's shape: {shapes}")
         out = Path(output_dir) / scan.name
         write_volume(out, prediction.label, reference.affine)

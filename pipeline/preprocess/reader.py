@@ -7,6 +7,8 @@ every load; this one delegates to ``pipeline.io.read_volume`` (nibabel / SimpleI
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +21,11 @@ from pipeline.io.volumes import volume_ending
 
 # Enough for any multi-channel MRI protocol; the plan checks the count itself.
 MAX_CHANNELS = 16
+
+# LoadImaged instantiates every reader MONAI knows even when told which one to use, and its
+# DICOM reader probes an optional GPU codec, warning at every load where it is absent.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
 
 
 class VolumeReader(ImageReader):

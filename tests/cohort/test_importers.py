@@ -117,6 +117,8 @@ def test_not_a_folder_and_empty_source(tmp_path):
     with pytest.raises(InputDataError, match="not a folder"):
         run(tmp_path / "absent", "msd", tmp_path / "out", OPTIONS)
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty/dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}, "file_ending": ".nii.gz"}))
+    (tmp_path / "empty/dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}, "file_ending": ".nii.gz"})
+    )
     with pytest.raises(InputDataError, match="no case found"):
         run(tmp_path / "empty", "nnunet", tmp_path / "out", OPTIONS)

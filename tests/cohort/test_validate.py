@@ -59,7 +59,9 @@ def break_case(cohort, problem):
     raise ValueError(problem)
 
 
-@pytest.mark.parametrize("problem", ["shape", "affine", "label_value", "nan", "truncated", "2d", "missing_label"])
+@pytest.mark.parametrize(
+    "problem", ["shape", "affine", "label_value", "nan", "truncated", "2d", "missing_label"]
+)
 def test_each_problem_has_its_message(cohort, tmp_path, problem):
     expected = break_case(cohort, problem)
     report_path = tmp_path / "qc.json"
@@ -76,7 +78,9 @@ def test_each_problem_has_its_message(cohort, tmp_path, problem):
 def test_skip_invalid_reports_without_stopping(cohort, tmp_path):
     break_case(cohort, "nan")
     shown = []
-    reports = qc.run(ValidateParams(skip_invalid=True, num_workers=1), cohort, tmp_path / "qc.json", echo=shown.append)
+    reports = qc.run(
+        ValidateParams(skip_invalid=True, num_workers=1), cohort, tmp_path / "qc.json", echo=shown.append
+    )
     assert [r.case for r in reports if r.errors] == ["synth_001"]
     assert "synth_001" in shown[0] and "1 in error" in shown[0]
 
@@ -87,7 +91,9 @@ def test_clean_cohort_passes_and_records_geometry(cohort_dir, tmp_path):
     report = json.loads((tmp_path / "qc.json").read_text())
     assert report["n_cases"] == 8 and report["n_errors"] == 0
     first = report["cases"][0]
-    assert first["spacing"] == pytest.approx(list(read_volume(cohort_dir / "imagesTr/synth_000.nii.gz").spacing), abs=1e-4)
+    assert first["spacing"] == pytest.approx(
+        list(read_volume(cohort_dir / "imagesTr/synth_000.nii.gz").spacing), abs=1e-4
+    )
     assert len(first["orientation"]) == 3 and first["label_voxels"]["1"] > 0
 
 
@@ -106,7 +112,9 @@ def test_warnings_for_empty_label_outliers_and_non_ct_intensities(tmp_path):
     reports.append(CaseReport("odd", "train", spacing=[1.0, 1.0, 10.0], shape=[400, 400, 50]))
     flag_outliers(reports)
     assert [r.case for r in reports if r.warnings] == ["odd"]
-    assert any("spacing" in w for w in reports[-1].warnings) and any("shape" in w for w in reports[-1].warnings)
+    assert any("spacing" in w for w in reports[-1].warnings) and any(
+        "shape" in w for w in reports[-1].warnings
+    )
 
 
 def test_gzip_is_really_truncated(cohort, tmp_path):

@@ -58,7 +58,14 @@ def test_explicit_target_spacing_wins():
 def test_normalisation_per_modality():
     ct = make_plans(fingerprint([[1, 1, 1]] * 3, [[64] * 3] * 3), ["CT"], LABELS, PreprocessParams())
     assert ct.normalization[0].scheme == "ct" and ct.normalization[0].clip_low == -50.0
-    mri = make_plans(fingerprint([[1, 1, 1]] * 3, [[64] * 3] * 3, [CT_STATS] * 2), ["T1", "T2"], LABELS, PreprocessParams())
+    mri = make_plans(
+        fingerprint([[1, 1, 1]] * 3, [[64] * 3] * 3, [CT_STATS] * 2), ["T1", "T2"], LABELS, PreprocessParams()
+    )
     assert [n.scheme for n in mri.normalization] == ["zscore", "zscore"]
     with pytest.raises(InputDataError, match="CT is supported as a single channel only"):
-        make_plans(fingerprint([[1, 1, 1]] * 3, [[64] * 3] * 3, [CT_STATS] * 2), ["CT", "T1"], LABELS, PreprocessParams())
+        make_plans(
+            fingerprint([[1, 1, 1]] * 3, [[64] * 3] * 3, [CT_STATS] * 2),
+            ["CT", "T1"],
+            LABELS,
+            PreprocessParams(),
+        )

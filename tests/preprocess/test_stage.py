@@ -31,7 +31,9 @@ def test_fingerprint_matches_hand_computed_statistics(cohort_dir):
 
 def test_preprocessed_cases_and_plans(preprocessed_dir, cohort_dir):
     plans = json.loads((preprocessed_dir / "plans.json").read_text())
-    median_spacing = np.median([read_volume(c.image).spacing for c in load_cohort(cohort_dir).training], axis=0)
+    median_spacing = np.median(
+        [read_volume(c.image).spacing for c in load_cohort(cohort_dir).training], axis=0
+    )
     np.testing.assert_allclose(plans["target_spacing"], median_spacing)
     assert plans["labels"] == {"0": "background", "1": "organ", "2": "lesion"}
     (norm,) = plans["normalization"]
@@ -46,7 +48,9 @@ def test_preprocessed_cases_and_plans(preprocessed_dir, cohort_dir):
         assert {int(v) for v in np.unique(label)} == {int(v) for v in case["label_voxels"]}
         # Resampling keeps the field of view: shape x spacing is the original extent.
         extent = np.array(case["shape"]) * np.array(case["spacing"])
-        original = np.array(case["original_shape"]) * np.linalg.norm(np.array(case["original_affine"])[:3, :3], axis=0)
+        original = np.array(case["original_shape"]) * np.linalg.norm(
+            np.array(case["original_affine"])[:3, :3], axis=0
+        )
         np.testing.assert_allclose(extent, original, rtol=1e-3)
         assert -4 < image[label == 1].mean() < 4  # organ voxels normalised into the clip window
 
