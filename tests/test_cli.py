@@ -58,3 +58,28 @@ def test_unknown_subcommand_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         main(["fly"])
     assert exit_info.value.code == 2
+
+
+def test_import_and_validate_print_the_table_and_exit_3_on_invalid_cases(cohort_dir, tmp_path, capsys):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(cohort_dir, source)
+    (source / "labelsTr/synth_004.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    params = tmp_path / "params.yaml"
+    params.write_text("validate: {num_workers: 1}\n")
+    report = tmp_path / "qc.json"
+
+    code = main(["validate", "--params", str(params), "--cohort", str(source), "--report", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 3 and err.count("\n") == 1
+    assert "1 of 8 cases invalid; first: synth_004:" in err
+    assert "synth_004" in out and "error" in out  # the table
+    assert report.is_file()
+
+    args = ["import", "--params", str(params), "--source", str(source), "--format", "msd"]
+    code = main([*args, "--out", str(tmp_path / "raw/x"), "--report", str(report), "--skip-invalid"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "7 cases imported" in out
+    imported = sorted(p.name for p in (tmp_path / "raw/x/labelsTr").iterdir())
+    assert len(imported) == 5 and "synth_004.nii.gz" not in imported

@@ -1,7 +1,7 @@
 """``resseg import``: bring a cohort in from the layouts hospitals have, into our MSD layout.
 
 Each source format lists its cases as ``SourceCase``s: a name, a split, and how to read the
-image channels and the label. The import reads each case once, checks it (validate.py), and
+image (all channels) with its label. The import reads each case once, checks it (validate.py), and
 writes it as NIfTI; the output folder appears only when the whole import succeeded.
 """
 
@@ -19,6 +19,13 @@ from pipeline.cohort.qc import conclude
 from pipeline.cohort.validate import CaseReport, check_case
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.io import Volume, atomic_directory, read_volume, write_volume
+from pipeline.io.dicom import (
+    DicomSeries,
+    find_dicom_seg,
+    find_dicom_series,
+    read_dicom_seg,
+    read_dicom_series,
+)
 from pipeline.io.volumes import case_name, volume_ending
 
 # nnU-Net's channel suffix: case_0000.nii.gz is channel 0 of "case".
@@ -29,8 +36,7 @@ CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 class SourceCase:
     name: str
     split: str  # "train" or "test"
-    read_image: Callable[[], Volume]
-    read_label: Callable[[], Volume] | None
+    read: Callable[[], tuple[Volume, Volume | None]]  # image and label (None: unlabelled)
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,7 @@ def run(
 def _import_case(case: SourceCase, cohort: SourceCohort, out: Path, options: ImportOptions) -> CaseReport:
     report = CaseReport(case.name, case.split)
     try:
-        image = case.read_image()
-        label = case.read_label() if case.read_label else None
+        image, label = case.read()
     except InputDataError as err:
         report.errors.append(str(err))
         return report
@@ -174,10 +179,20 @@ def from_folders(source: Path, options: ImportOptions) -> SourceCohort:
     return SourceCohort(channel_names, _declared_labels(options, "folders"), cases)
 
 
+def from_dicom(source: Path, options: ImportOptions) -> SourceCohort:
+    """One folder per patient: its image series (one per channel) and its label, either a
+    DICOM SEG (segment numbers are the label values) or a single NIfTI/NRRD/MetaImage file."""
+    channel_names = options.channel_names or ["CT"]
+    labels = _declared_labels(options, "dicom")
+    patients = sorted(p for p in source.iterdir() if p.is_dir())
+    return SourceCohort(channel_names, labels, [_dicom_case(folder, channel_names) for folder in patients])
+
+
 SOURCES: dict[str, Callable[[Path, ImportOptions], SourceCohort]] = {
     "msd": from_msd,
     "nnunet": from_nnunet,
     "folders": from_folders,
+    "dicom": from_dicom,
 }
 
 
@@ -187,17 +202,53 @@ SOURCES: dict[str, Callable[[Path, ImportOptions], SourceCohort]] = {
 def _channel_case(
     name: str, split: str, channel_files: list[Path], n_channels: int, label: Path | None
 ) -> SourceCase:
-    def read_image() -> Volume:
+    def read() -> tuple[Volume, Volume | None]:
         if len(channel_files) == 1:
-            return read_volume(channel_files[0], max_channels=n_channels)
-        return stack_channels([read_volume(path) for path in channel_files], channel_files)
-
-    def read_label() -> Volume:
+            image = read_volume(channel_files[0], max_channels=n_channels)
+        else:
+            image = stack_channels([read_volume(path) for path in channel_files], channel_files)
+        if label is None:
+            return image, None
         if not label.is_file():
             raise InputDataError(f"{label}: label file not found (expected for case {name})")
-        return read_volume(label)
+        return image, read_volume(label)
 
-    return SourceCase(name, split, read_image, read_label if label is not None else None)
+    return SourceCase(name, split, read)
+
+
+def _dicom_case(folder: Path, channel_names: list[str]) -> SourceCase:
+    def read() -> tuple[Volume, Volume | None]:
+        chosen = _series_for_channels(folder, find_dicom_series(folder), channel_names)
+        volumes = [read_dicom_series(series) for series in chosen]
+        image = volumes[0] if len(volumes) == 1 else stack_channels(volumes, [folder / s.uid for s in chosen])
+        segs = find_dicom_seg(folder)
+        label_files = sorted(p for p in folder.iterdir() if p.is_file() and volume_ending(p))
+        if len(segs) + len(label_files) > 1:
+            raise InputDataError(f"{folder}: {len(segs) + len(label_files)} label candidates; keep one")
+        if segs:
+            return image, Volume(read_dicom_seg(segs[0], volumes[0]), image.affine)
+        return image, read_volume(label_files[0]) if label_files else None
+
+    return SourceCase(folder.name, "train", read)
+
+
+def _series_for_channels(
+    folder: Path, series: list[DicomSeries], channel_names: list[str]
+) -> list[DicomSeries]:
+    """The series of each channel: the only one, or the one whose description or modality
+    names the channel ("T2" matches "AX T2 FLAIR")."""
+    if not series:
+        raise InputDataError(f"{folder}: no DICOM image series found")
+    if len(series) == 1 and len(channel_names) == 1:
+        return series
+    chosen = []
+    for channel in channel_names:
+        matches = [s for s in series if channel.lower() in f"{s.description} {s.modality}".lower()]
+        if len(matches) != 1:
+            found = ", ".join(f"{s.description or s.modality!r} ({s.uid})" for s in series)
+            raise InputDataError(f"{folder}: {len(matches)} series match channel {channel!r} among: {found}")
+        chosen.append(matches[0])
+    return chosen
 
 
 def stack_channels(channels: list[Volume], paths: list[Path], tolerance_mm: float = 1e-3) -> Volume:

@@ -122,3 +122,30 @@ def test_not_a_folder_and_empty_source(tmp_path):
     )
     with pytest.raises(InputDataError, match="no case found"):
         run(tmp_path / "empty", "nnunet", tmp_path / "out", OPTIONS)
+
+
+def test_dicom_patients_with_seg_or_nifti_labels(tmp_path):
+    from pipeline.io.dicom import find_dicom_series, read_dicom_series
+    from tests.io.test_dicom import make_seg, write_series
+
+    rng = np.random.default_rng(2)
+    masks = {}
+    for index, patient in enumerate(("p1", "p2")):
+        hu = rng.integers(-1000, 400, size=(16, 12, 6)).astype(np.int16)
+        folder = tmp_path / "dicom" / patient
+        write_series(folder, hu, uid=f"1.2.826.0.1.3680043.2.1125.{20 + index}")
+        mask = np.zeros(hu.shape, np.uint8)
+        mask[4:9, 3:8, 1:5] = 1
+        masks[patient] = mask
+        if patient == "p1":
+            make_seg(folder, mask)
+        else:
+            image = read_dicom_series(find_dicom_series(folder)[0])
+            write_volume(folder / "label.nii.gz", mask, image.affine)
+    options = importers.ImportOptions(channel_names=["CT"], label_names=["organ", "lesion"])
+    run(tmp_path / "dicom", "dicom", tmp_path / "out", options)
+    cohort = load_cohort(tmp_path / "out")
+    assert [c.name for c in cohort.training] == ["p1", "p2"]
+    for case in cohort.training:
+        np.testing.assert_array_equal(read_volume(case.label).array, masks[case.name])
+        assert read_volume(case.image).spacing == pytest.approx((0.7, 0.9, 2.5))

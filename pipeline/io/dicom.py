@@ -1,0 +1,175 @@
+"""DICOM input: image series through SimpleITK's GDCM series reader, segmentations (DICOM SEG)
+through pydicom, mapped onto their image's voxel grid by geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from pipeline.errors import InputDataError
+from pipeline.io.volumes import LPS_TO_RAS, Volume, sitk_to_volume
+
+SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+# Objects that share folders with image series but hold no image volume to segment.
+NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"}
+# A SEG frame must sit within this many voxels of a reference slice and of its origin.
+GRID_TOLERANCE_VOXELS = 0.01
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    uid: str  # SeriesInstanceUID
+    modality: str
+    description: str
+    files: tuple[Path, ...]  # slice files, in the order the GDCM series reader sorts them
+
+
+def find_dicom_series(folder: Path, recursive: bool = True) -> list[DicomSeries]:
+    """Every image series under ``folder``, told apart by SeriesInstanceUID; sorted by uid."""
+    folder = Path(folder)
+    directories = [folder, *sorted(d for d in folder.rglob("*") if d.is_dir())] if recursive else [folder]
+    found: dict[str, DicomSeries] = {}
+    for directory in directories:
+        series_of_file = _series_uid_per_file(directory)
+        for uid in _series_ids(directory):
+            files = tuple(Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid))
+            _check_none_dropped(uid, files, series_of_file)
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            modality = str(header.get("Modality", ""))
+            if modality in NON_IMAGE_MODALITIES or "Rows" not in header:
+                continue
+            found.setdefault(uid, DicomSeries(uid, modality, str(header.get("SeriesDescription", "")), files))
+    return sorted(found.values(), key=lambda series: series.uid)
+
+
+def _series_uid_per_file(directory: Path) -> dict[Path, str]:
+    """SeriesInstanceUID of every DICOM file in ``directory``, read by pydicom, which still
+    reads the header of a file whose pixel data is damaged."""
+    uids = {}
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError):
+            continue
+        if "SeriesInstanceUID" in header:
+            uids[path] = str(header.SeriesInstanceUID)
+    return uids
+
+
+def _check_none_dropped(uid: str, files: tuple[Path, ...], series_of_file: dict[Path, str]) -> None:
+    """GDCM silently leaves out slices it cannot parse; a series must not lose one unnoticed."""
+    dropped = sorted(p for p, u in series_of_file.items() if u == uid and p not in set(files))
+    if dropped:
+        raise InputDataError(f"{dropped[0]}: slice of series {uid} cannot be read (truncated or corrupt?)")
+
+
+def _series_ids(directory: Path) -> tuple[str, ...]:
+    try:
+        return sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory))
+    except RuntimeError as err:  # GDCM gives up on the whole folder over one malformed file
+        reason = str(err).strip().splitlines()[-1]
+        raise InputDataError(f"{directory}: cannot be scanned for DICOM series ({reason})") from None
+
+
+def read_dicom_series(series: DicomSeries) -> Volume:
+    """One series as a 3D volume; rescale slope and intercept applied (Hounsfield units for CT)."""
+    folder = series.files[0].parent
+    _check_slice_spacing(series)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in series.files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+        raise InputDataError(f"{folder}: series {series.uid} cannot be read ({reason})") from None
+    if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+        raise InputDataError(f"{folder}: series {series.uid} has only 1 slice, expected a 3D volume")
+    return sitk_to_volume(image)
+
+
+def _check_slice_spacing(series: DicomSeries) -> None:
+    """ITK only warns when slices are missing and then misplaces the rest; refuse instead."""
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    try:
+        orientation = np.array(headers[0].ImageOrientationPatient, float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        positions = np.sort([np.dot(normal, np.array(h.ImagePositionPatient, float)) for h in headers])
+    except AttributeError:
+        return  # no patient geometry (secondary capture): the reader decides
+    steps = np.diff(positions)
+    if len(steps) and steps.max() - steps.min() > 0.01 * max(np.median(steps), 1e-6):
+        raise InputDataError(
+            f"{series.files[0].parent}: series {series.uid} has missing or unevenly spaced slices "
+            f"(steps from {steps.min():.3g} to {steps.max():.3g} mm)"
+        )
+
+
+def read_dicom_folder(folder: Path) -> tuple[DicomSeries, Volume]:
+    """The single image series of ``folder``."""
+    series = find_dicom_series(folder)
+    if len(series) != 1:
+        uids = ", ".join(s.uid for s in series)
+        raise InputDataError(f"{folder}: {len(series)} image series found ({uids}); expected one")
+    return series[0], read_dicom_series(series[0])
+
+
+def find_dicom_seg(folder: Path) -> list[Path]:
+    """The DICOM SEG files under ``folder``."""
+    segs = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        except (pydicom.errors.InvalidDicomError, OSError):
+            continue
+        if header.get("SOPClassUID") == SEG_SOP_CLASS_UID:
+            segs.append(path)
+    return segs
+
+
+def read_dicom_seg(path: Path, reference: Volume) -> np.ndarray:
+    """A DICOM SEG as a label map on ``reference``'s grid: each voxel holds the number of the
+    segment covering it (1, 2, ...), 0 elsewhere; where segments overlap, the higher number
+    wins. Fractional segmentations count where they exceed half their maximum."""
+    try:
+        seg = pydicom.dcmread(path)
+        frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+        frame_groups = seg.PerFrameFunctionalGroupsSequence
+    except Exception as err:  # pydicom raises many types for damaged or foreign files
+        raise InputDataError(
+            f"{path}: cannot be read as DICOM SEG ({err.__class__.__name__}: {err})"
+        ) from None
+    _check_orientation(path, seg, reference)
+    threshold = seg.MaximumFractionalValue / 2 if seg.SegmentationType == "FRACTIONAL" else 0
+    label = np.zeros(reference.shape, np.uint8)
+    to_voxel = np.linalg.inv(reference.affine)
+    placed = []
+    for frame, group in zip(frames, frame_groups, strict=True):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        position = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
+        i, j, k = (to_voxel @ np.append(LPS_TO_RAS @ position, 1.0))[:3]
+        slice_index = int(round(k))
+        off_grid = max(abs(i), abs(j), abs(k - slice_index)) > GRID_TOLERANCE_VOXELS
+        if off_grid or not 0 <= slice_index < reference.shape[2] or frame.shape[::-1] != reference.shape[:2]:
+            raise InputDataError(f"{path}: frames do not fall on the image's voxel grid")
+        placed.append((number, slice_index, frame.T > threshold))  # frames are (rows=y, columns=x)
+    for number, slice_index, mask in sorted(placed, key=lambda item: item[0]):
+        label[:, :, slice_index][mask] = number
+    return label
+
+
+def _check_orientation(path: Path, seg: pydicom.Dataset, reference: Volume) -> None:
+    """Frames must run along the image's own rows and columns to be placed slice by slice."""
+    try:
+        iop = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    except (AttributeError, IndexError):
+        raise InputDataError(f"{path}: DICOM SEG without a shared plane orientation") from None
+    along_row, along_column = LPS_TO_RAS @ np.array(iop[:3], float), LPS_TO_RAS @ np.array(iop[3:], float)
+    axes = reference.affine[:3, :2] / np.linalg.norm(reference.affine[:3, :2], axis=0)
+    if not (
+        np.allclose(along_row, axes[:, 0], atol=1e-3) and np.allclose(along_column, axes[:, 1], atol=1e-3)
+    ):
+        raise InputDataError(f"{path}: frames are not oriented like the image's slices")

@@ -1,0 +1,189 @@
+"""DICOM series written here with known geometry read back exactly; SEG maps onto its grid."""
+
+import datetime
+import shutil
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.data import get_testdata_file
+from pydicom.sr.codedict import codes
+
+from pipeline.errors import InputDataError
+from pipeline.io.dicom import (
+    find_dicom_seg,
+    find_dicom_series,
+    read_dicom_folder,
+    read_dicom_seg,
+    read_dicom_series,
+)
+
+SPACING = (0.7, 0.9, 2.5)  # column spacing (x), row spacing (y), slice spacing (z)
+ORIGIN_LPS = (-40.0, 25.0, 100.0)
+# Rows run along -x and columns along -y of LPS (a right-handed frame, as DICOM requires,
+# whose slice normal row x column is +z): the volume is stored the RAS way round.
+DIRECTION_LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def write_series(folder, hu, uid, description="CT AXIAL", modality="CT", prefix="s"):
+    """One file per slice through SimpleITK, with the tags a scanner writes. With intercept
+    -1024 the writer stores HU + 1024, so reading back HU proves the rescale is applied."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(hu.transpose(2, 1, 0).astype(np.int16))
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN_LPS)
+    image.SetDirection(DIRECTION_LPS)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    now = datetime.datetime(2026, 1, 1)
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": modality,
+            "0008|103e": description,
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": uid,
+            "0020|0052": "1.2.826.0.1.3680043.2.1125.9",  # FrameOfReferenceUID (needed by SEG)
+            "0020|0032": "\\".join(map(str, position)),
+            "0020|0037": "\\".join(map(str, DIRECTION_LPS[0::3] + DIRECTION_LPS[1::3])),
+            "0020|0013": str(k + 1),
+            "0028|1052": "-1024",
+            "0028|1053": "1",
+            "0018|0050": str(SPACING[2]),
+            "0008|0020": now.strftime("%Y%m%d"),
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+            "0008|0018": f"{uid}.{k + 1}",
+        }
+        for tag, value in tags.items():
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+        writer.Execute(slice_)
+
+
+def expected_affine(shape):
+    """Hand-derived: RAS = LPS with x and y negated, so this frame is RAS-aligned."""
+    lps = np.array(DIRECTION_LPS).reshape(3, 3) @ np.diag(SPACING)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1, -1, 1]) @ lps
+    affine[:3, 3] = np.diag([-1, -1, 1]) @ np.array(ORIGIN_LPS)
+    return affine
+
+
+@pytest.fixture
+def ct(tmp_path):
+    hu = np.random.default_rng(0).integers(-1000, 1000, size=(16, 12, 6)).astype(np.int16)
+    write_series(tmp_path / "patient", hu, uid="1.2.826.0.1.3680043.2.1125.2")
+    return tmp_path / "patient", hu
+
+
+def test_series_reads_back_with_geometry_and_hounsfield_units(ct):
+    folder, hu = ct
+    stored = pydicom.dcmread(folder / "s000.dcm")
+    assert stored.RescaleIntercept == -1024 and stored.pixel_array[0, 0] == hu[0, 0, 0] + 1024
+    (series,) = find_dicom_series(folder)
+    assert series.modality == "CT" and series.description == "CT AXIAL" and len(series.files) == 6
+    volume = read_dicom_series(series)
+    np.testing.assert_array_equal(volume.array, hu)
+    np.testing.assert_allclose(volume.affine, expected_affine(hu.shape), atol=1e-4)
+    assert volume.spacing == pytest.approx(SPACING)
+
+
+def test_two_series_in_one_folder_are_told_apart(ct):
+    folder, hu = ct
+    write_series(
+        folder, hu[:, :, :4] + 5, uid="1.2.826.0.1.3680043.2.1125.3", description="CT SOFT", prefix="t"
+    )
+    series = find_dicom_series(folder)
+    assert [s.description for s in series] == ["CT AXIAL", "CT SOFT"]
+    assert [len(s.files) for s in series] == [6, 4]
+    np.testing.assert_array_equal(read_dicom_series(series[1]).array, hu[:, :, :4] + 5)
+    with pytest.raises(InputDataError, match=r"patient: 2 image series found \(.*\); expected one"):
+        read_dicom_folder(folder)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_single_slice_series_is_refused(tmp_path, name):
+    """pydicom ships real single-slice CT and MR files: readable, but not a 3D volume."""
+    shutil.copy(get_testdata_file(name), tmp_path / name)
+    (series,) = find_dicom_series(tmp_path)
+    assert series.modality == name[:2]
+    with pytest.raises(InputDataError, match="has only 1 slice, expected a 3D volume"):
+        read_dicom_series(series)
+
+
+def test_truncated_slice_is_named(ct):
+    folder, _ = ct
+    victim = folder / "s002.dcm"
+    victim.write_bytes(victim.read_bytes()[:-100])  # header intact, pixel data cut short
+    with pytest.raises(InputDataError, match=r"s002.dcm: slice of series .* cannot be read"):
+        find_dicom_series(folder)
+
+
+def test_missing_slice_is_named(ct):
+    folder, _ = ct
+    (folder / "s002.dcm").unlink()
+    with pytest.raises(InputDataError, match=r"missing or unevenly spaced slices \(steps from 2.5 to 5 mm\)"):
+        read_dicom_series(find_dicom_series(folder)[0])
+
+
+def make_seg(folder, mask):
+    """A two-segment BINARY DICOM SEG over the series in ``folder``, built with highdicom."""
+    sources = sorted((pydicom.dcmread(p) for p in folder.glob("s*.dcm")), key=lambda d: int(d.InstanceNumber))
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="test", version="1", family=codes.cid7162.ArtificialIntelligence
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=codes.cid7150.Tissue,
+            segmented_property_type=codes.cid7166.ConnectiveTissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, name in ((1, "organ"), (2, "lesion"))
+    ]
+    # highdicom wants (frames, rows, columns, segments); our arrays are (x, y, z).
+    planes = np.stack([(mask == 1) | (mask == 2), mask == 2], axis=-1).transpose(2, 1, 0, 3)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=planes.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="resseg tests",
+        manufacturer_model_name="none",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(folder / "seg.dcm")
+    return folder / "seg.dcm"
+
+
+def test_seg_maps_onto_the_reference_grid_and_is_not_a_series(ct):
+    folder, hu = ct
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[3:10, 2:8, 1:5] = 1
+    mask[5:7, 4:6, 2:4] = 2  # lesion inside the organ: the higher segment number wins
+    seg_path = make_seg(folder, mask)
+    assert find_dicom_seg(folder) == [seg_path]
+    (series,) = find_dicom_series(folder)  # the SEG is not listed as an image series
+    label = read_dicom_seg(seg_path, read_dicom_series(series))
+    np.testing.assert_array_equal(label, mask)
+
+
+def test_seg_on_another_grid_is_refused(ct, tmp_path):
+    folder, hu = ct
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[3:6, 3:6, 2] = 1
+    seg_path = make_seg(folder, mask)
+    other = read_dicom_series(find_dicom_series(folder)[0])
+    shifted = type(other)(other.array, other.affine + np.array([[0, 0, 0, 5.0]] * 3 + [[0, 0, 0, 0]]))
+    with pytest.raises(InputDataError, match="frames do not fall on the image's voxel grid"):
+        read_dicom_seg(seg_path, shifted)
