@@ -10,7 +10,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet $(if $(TORCH_CONSTRAINT),--constraint 
 # dvc.yaml calls `resseg`, so the virtualenv's scripts must be on PATH for dvc.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test bench install install-dev clean
 
 demo: install
 	dvc repro
@@ -24,6 +24,13 @@ demo: install
 
 test: install-dev
 	pytest
+
+# Preprocessing against nnU-Net v2 (its own virtualenv: it needs torchvision, resseg must not).
+bench: install
+	test -x benchmarks/.venv-nnunet/bin/nnUNetv2_plan_and_preprocess || \
+		($(PYTHON) -m venv benchmarks/.venv-nnunet && \
+		 benchmarks/.venv-nnunet/bin/pip install --quiet $(if $(TORCH_CONSTRAINT),--constraint $(TORCH_CONSTRAINT)) nnunetv2)
+	python benchmarks/preprocess_vs_nnunet.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -75,3 +75,21 @@ def test_repro_then_up_to_date_then_experiment(repo: Path):
     run(["dvc", "exp", "run", "-S", "train.max_epochs=1"], repo)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
     assert diff["dvclive/metrics.json"]["epoch"] == {"old": 1, "new": 0, "diff": -1}
+
+
+@pytest.mark.slow
+def test_switching_to_an_imported_cohort(repo: Path, cohort_dir: Path):
+    """The README's steps: import, dvc add, one parameter, dvc repro."""
+    run(
+        ["resseg", "import", "--source", str(cohort_dir), "--format", "msd", "--out", "data/raw/hospital"],
+        repo,
+    )
+    run(["dvc", "add", "data/raw/hospital"], repo)
+    assert (repo / "data/raw/hospital.dvc").is_file()
+    params = (repo / "params.yaml").read_text().replace("cohort: synthetic", "cohort: hospital")
+    (repo / "params.yaml").write_text(params)
+    out = run(["dvc", "repro", "evaluate"], repo)
+    assert "Running stage 'synth'" not in out  # evaluate needs only the imported cohort
+    assert "resseg validate --cohort data/raw/hospital" in out
+    assert (repo / "models/hospital/model.json").is_file()
+    assert json.loads((repo / "reports/data_qc.json").read_text())["cohort"] == "data/raw/hospital"
