@@ -10,25 +10,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import load_params, resolve_network
+from pipeline.config import Params, load_params, resolve_network
 from pipeline.errors import UserError
+
+DEFAULT_PARAMS = Path("params.yaml")
 
 
 def synth(args: argparse.Namespace) -> None:
     from pipeline.cohort import synthetic
 
-    synthetic.run(load_params(args.params).synth, args.out)
+    synthetic.run(_params(args).synth, args.out)
     print(f"synthetic cohort written to {args.out}")
 
 
 def import_cohort(args: argparse.Namespace) -> None:
     from pipeline.cohort import importers
 
-    validate_params = load_params(args.params).validate_
+    validation = _params(args).validation
     options = importers.ImportOptions(
         channel_names=importers.parse_names(args.channels, "--channels"),
         label_names=importers.parse_names(args.labels, "--labels"),
-        affine_tolerance_mm=validate_params.affine_tolerance_mm,
+        affine_tolerance_mm=validation.affine_tolerance_mm,
         skip_invalid=args.skip_invalid,
     )
     reports = importers.run(args.source, args.format, args.out, options, args.report)
@@ -38,7 +40,7 @@ def import_cohort(args: argparse.Namespace) -> None:
 def validate(args: argparse.Namespace) -> None:
     from pipeline.cohort import qc
 
-    reports = qc.run(load_params(args.params).validate_, args.cohort, args.report)
+    reports = qc.run(_params(args).validation, args.cohort, args.report)
     left_out = sum(bool(r.errors) for r in reports)
     print(f"QC report in {args.report}" + (f"; {left_out} invalid cases left out" if left_out else ""))
 
@@ -46,7 +48,7 @@ def validate(args: argparse.Namespace) -> None:
 def preprocess(args: argparse.Namespace) -> None:
     from pipeline.preprocess import stage
 
-    plans = stage.run(load_params(args.params).preprocess, args.cohort, args.out, args.qc)
+    plans = stage.run(_params(args).preprocess, args.cohort, args.out, args.qc)
     spacing = "x".join(f"{s:.3g}" for s in plans.target_spacing)
     print(f"preprocessed to {args.out}: {spacing} mm, patch {plans.patch_size}, batch {plans.batch_size}")
 
@@ -54,14 +56,14 @@ def preprocess(args: argparse.Namespace) -> None:
 def split(args: argparse.Namespace) -> None:
     from pipeline import split as split_stage
 
-    folds = split_stage.run(load_params(args.params).split, args.plans, args.out)
+    folds = split_stage.run(_params(args).split, args.plans, args.out)
     print(f"{len(folds)} folds written to {args.out}")
 
 
 def train(args: argparse.Namespace) -> None:
     from pipeline.models import train as train_stage
 
-    params = load_params(args.params).train
+    params = _params(args).train
     summary = train_stage.run(
         params, resolve_network(params), args.preprocessed, args.splits, args.out, args.live_dir
     )
@@ -73,7 +75,7 @@ def predict(args: argparse.Namespace) -> None:
     from pipeline.infer import folder
     from pipeline.infer.predictor import Predictor
 
-    params = load_params(args.params).predict
+    params = _params(args).predict
     predictor = Predictor.from_model_dir(
         args.model, overlap=params.overlap, sw_batch_size=params.sw_batch_size, device=args.device
     )
@@ -89,13 +91,23 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"mean Dice over {metrics['n_cases']} cases: {dice}; metrics in {Path(args.out) / 'metrics.json'}")
 
 
+def _params(args: argparse.Namespace) -> Params:
+    """``--params`` if given; else ``params.yaml`` in the working folder (DVC runs stages from
+    the project root); else the defaults, for commands run outside a project."""
+    if args.params is not None:
+        return load_params(args.params)
+    return load_params(DEFAULT_PARAMS) if DEFAULT_PARAMS.is_file() else Params()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name, func, help):
         sub = commands.add_parser(name, help=help)
-        sub.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+        sub.add_argument(
+            "--params", type=Path, help="parameter file (default: ./params.yaml if present, else defaults)"
+        )
         sub.set_defaults(func=func)
         return sub
 

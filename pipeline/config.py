@@ -118,7 +118,8 @@ class Params(Section):
     # The cohort the pipeline runs on: a folder name under data/raw/ (dvc.yaml reads it).
     cohort: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
     synth: SynthParams = SynthParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    # "validate" would shadow a pydantic method, hence the alias.
+    validation: ValidateParams = Field(ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()

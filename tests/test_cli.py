@@ -83,3 +83,11 @@ def test_import_and_validate_print_the_table_and_exit_3_on_invalid_cases(cohort_
     assert code == 0 and "7 cases imported" in out
     imported = sorted(p.name for p in (tmp_path / "raw/x/labelsTr").iterdir())
     assert len(imported) == 5 and "synth_004.nii.gz" not in imported
+
+
+def test_commands_outside_a_project_use_defaults(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    assert main(["synth", "--out", str(tmp_path / "cohort")]) == 0
+    assert (tmp_path / "cohort/dataset.json").is_file()
+    assert main(["synth", "--params", "absent.yaml", "--out", str(tmp_path / "c2")]) == 2
+    assert "absent.yaml: file not found" in capsys.readouterr().err

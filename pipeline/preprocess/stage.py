@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from pipeline.cohort.dataset import Case, load_cohort
@@ -61,12 +62,14 @@ def preprocess_case(plans: Plans, case: Case, out_dir: Path) -> dict:
     np.save(out_dir / f"{case.name}_label.npy", label)
     values, counts = np.unique(label, return_counts=True)
     crop = next(op for op in data["image"].applied_operations if op["class"] == "CropForeground")
+    original_affine = data["image"].meta["original_affine"]
     return {
         "name": case.name,
         "shape": list(image.shape[1:]),
         "label_voxels": {str(v): int(c) for v, c in zip(values, counts, strict=True)},
         "original_shape": list(crop["orig_size"]),
-        "original_affine": data["image"].meta["original_affine"].tolist(),
+        "original_affine": original_affine.tolist(),
+        "original_orientation": "".join(nib.aff2axcodes(original_affine)),
         # Voxels cropped before/after the non-zero box on each original axis.
         "crop": [int(v) for v in crop["extra_info"]["cropped"]],
         "spacing": [float(s) for s in np.diag(data["image"].affine)[:3]],

@@ -52,6 +52,7 @@ def test_preprocessed_cases_and_plans(preprocessed_dir, cohort_dir):
             np.array(case["original_affine"])[:3, :3], axis=0
         )
         np.testing.assert_allclose(extent, original, rtol=1e-3)
+        assert case["original_orientation"] in {"RAS", "LAS", "RPS", "LPS"}  # synth flips x and y only
         assert -4 < image[label == 1].mean() < 4  # organ voxels normalised into the clip window
 
 
