@@ -65,30 +65,56 @@ def train(args: argparse.Namespace) -> None:
 
     params = _params(args).train
     summary = train_stage.run(
-        params, resolve_network(params), args.preprocessed, args.splits, args.out, args.live_dir
+        params, resolve_network(params), args.fold, args.preprocessed, args.splits, args.out, args.live_dir
     )
     best = summary["best_val_dice_mean"]
-    print(f"model written to {args.out} (fold {summary['fold']}, best validation Dice {best:.3f})")
+    score = "no validation run" if best is None else f"best validation Dice {best:.3f}"
+    print(f"fold {summary['fold']} written to {args.out} ({summary['epochs']} epochs, {score})")
 
 
 def predict(args: argparse.Namespace) -> None:
     from pipeline.infer import folder
-    from pipeline.infer.predictor import Predictor
 
-    params = _params(args).predict
-    predictor = Predictor.from_model_dir(
-        args.model, overlap=params.overlap, sw_batch_size=params.sw_batch_size, device=args.device
-    )
-    written = folder.run(predictor, args.input, args.output)
+    written = folder.run(_predictor(args, args.folds), args.input, args.output)
     print(f"{len(written)} masks written to {args.output}")
+
+
+def crossval(args: argparse.Namespace) -> None:
+    from pipeline import crossval as crossval_stage
+
+    metrics = crossval_stage.run(
+        _predictor(args), args.cohort, args.splits, args.fold, args.masks, args.report
+    )
+    cases = f"{metrics['n_cases']} out-of-fold cases"
+    print(f"fold {args.fold}: {cases}, {_dice_summary(metrics)}; metrics in {args.report}")
 
 
 def evaluate(args: argparse.Namespace) -> None:
     from pipeline.evaluate import stage
 
     metrics = stage.run(args.labels, args.predictions, args.out, args.dataset_json)
-    dice = ", ".join(f"{name} {m['mean']:.3f}" for name, m in metrics["segmentation"]["dice"].items())
-    print(f"mean Dice over {metrics['n_cases']} cases: {dice}; metrics in {Path(args.out) / 'metrics.json'}")
+    print(
+        f"{metrics['n_cases']} cases, {_dice_summary(metrics)}; metrics in {Path(args.out) / 'metrics.json'}"
+    )
+
+
+def _dice_summary(metrics: dict) -> str:
+    return "mean Dice " + ", ".join(
+        f"{name} {m['mean']:.3f}" for name, m in metrics["segmentation"]["dice"].items()
+    )
+
+
+def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
+    from pipeline.infer.predictor import Predictor
+
+    params = _params(args).predict
+    return Predictor.from_model_dir(
+        args.model,
+        folds=folds,
+        overlap=params.overlap,
+        sw_batch_size=params.sw_batch_size,
+        device=args.device,
+    )
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -139,13 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("train", train, "train one fold under Lightning")
     sub.add_argument("--preprocessed", required=True, type=Path)
     sub.add_argument("--splits", required=True, type=Path)
-    sub.add_argument("--out", required=True, type=Path, help="model directory")
+    sub.add_argument("--fold", type=int, default=0, help="which fold of --splits (default 0)")
+    sub.add_argument("--out", required=True, type=Path, help="fold directory, e.g. models/NAME/fold_0")
     sub.add_argument("--live-dir", default=Path("dvclive"), type=Path, help="DVCLive training curves")
 
     sub = command("predict", predict, "segment every scan in a folder")
     sub.add_argument("--input", required=True, type=Path)
     sub.add_argument("--output", required=True, type=Path)
     sub.add_argument("--model", required=True, type=Path, help="model directory")
+    sub.add_argument("--folds", type=int, nargs="+", help="folds to average (default: every trained fold)")
+    sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+
+    sub = command("crossval", crossval, "out-of-fold predictions of one trained fold, and their metrics")
+    sub.add_argument(
+        "--model", required=True, type=Path, help="the fold's directory, e.g. models/NAME/fold_0"
+    )
+    sub.add_argument("--cohort", required=True, type=Path)
+    sub.add_argument("--splits", required=True, type=Path)
+    sub.add_argument("--fold", required=True, type=int)
+    sub.add_argument("--masks", required=True, type=Path, help="folder of the out-of-fold masks")
+    sub.add_argument(
+        "--report", required=True, type=Path, help="folder of their metrics.json and per_case.csv"
+    )
     sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
     sub = command("evaluate", evaluate, "compare predicted masks with reference labels")

@@ -7,10 +7,10 @@ the key (``train.max_epochs: expected an integer, got 'ten'``) instead of being 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -21,6 +21,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Triple = Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
 IntTriple = Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+# [low, high]
+Range = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2, max_length=2)]
 
 
 class Section(BaseModel):
@@ -69,16 +71,20 @@ class SplitParams(Section):
     seed: int = 0
 
 
-class NetworkParams(Section):
+class ResidualUnitUNetParams(Section):
+    """MONAI's UNet with a stack of residual units at every level."""
+
     architecture: Literal["residual_unit_unet"] = "residual_unit_unet"
     channels: Annotated[list[PositiveInt], Field(min_length=2)] = [16, 32, 64, 128]
     strides: Annotated[list[PositiveInt], Field(min_length=1)] = [2, 2, 2]
     num_res_units: Annotated[int, Field(ge=0)] = 2
     norm: Literal["instance", "batch"] = "instance"
     dropout: Fraction = 0.0
+    # Not a key: every architecture answers it, so training asks them all alike.
+    deep_supervision: ClassVar[bool] = False
 
     @model_validator(mode="after")
-    def _one_stride_per_downsampling(self) -> NetworkParams:
+    def _one_stride_per_downsampling(self) -> ResidualUnitUNetParams:
         if len(self.strides) != len(self.channels) - 1:
             raise ValueError(
                 f"needs one stride per level below the top: {len(self.channels) - 1} "
@@ -87,22 +93,101 @@ class NetworkParams(Section):
         return self
 
 
+class ResidualEncoderUNetParams(Section):
+    """nnU-Net's residual-encoder U-Net; strides and kernels follow the plan (models/topology.py)."""
+
+    architecture: Literal["residual_encoder_unet"] = "residual_encoder_unet"
+    # Residual blocks per encoder stage. Its length is the most stages the network may have;
+    # a small or thick-sliced patch allows fewer, and the list is then cut short.
+    blocks_per_stage: Annotated[list[PositiveInt], Field(min_length=2)] = [1, 3, 4, 6, 6, 6]
+    # Stage s has min(base_features * 2**s, max_features) channels.
+    base_features: PositiveInt = 32
+    max_features: PositiveInt = 320
+    # In training, one output per decoder resolution (full resolution first).
+    deep_supervision: bool = True
+
+
+class ResNetUNetParams(Section):
+    """A U-Net with a MONAI 3D ResNet encoder (FlexibleUNet; models/resnet_unet.py)."""
+
+    architecture: Literal["resnet_unet"] = "resnet_unet"
+    depth: Literal[10, 18, 34, 50] = 18
+    # One per upsampling, deepest first; the encoder downsamples five times.
+    decoder_channels: Annotated[list[PositiveInt], Field(min_length=5, max_length=5)] = [256, 128, 64, 32, 16]
+    deep_supervision: ClassVar[bool] = False
+
+
+# A preset or model.json picks its class by "architecture"; parse one with parse_network().
+NetworkParams = Annotated[
+    ResidualUnitUNetParams | ResidualEncoderUNetParams | ResNetUNetParams, Field(discriminator="architecture")
+]
+_NETWORK = TypeAdapter(NetworkParams)
+# pydantic puts the architecture it tried into an error's location; the user wrote only the key.
+_ARCHITECTURES = {cls.model_fields["architecture"].default for cls in get_args(get_args(NetworkParams)[0])}
+
+
+def parse_network(data: dict) -> NetworkParams:
+    """Validate a network description (a preset with overrides, or model.json's "network")."""
+    return _NETWORK.validate_python(data)
+
+
+class AugmentationParams(Section):
+    """nnU-Net's training augmentation, each transform with its probability per patch."""
+
+    # Rotation and scaling in one resampling; rotation is in-plane only when the plan's spacing
+    # is anisotropic (thick slices), as nnU-Net does.
+    affine_prob: Fraction = 0.2
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 30.0
+    scale_range: Range = [0.7, 1.4]
+    elastic_prob: Fraction = 0.0
+    mirror_axes: Annotated[list[Annotated[int, Field(ge=0, le=2)]], Field(max_length=3)] = [0, 1, 2]
+    noise_prob: Fraction = 0.1
+    noise_std: Annotated[float, Field(ge=0)] = 0.1
+    blur_prob: Fraction = 0.2
+    blur_sigma: Range = [0.5, 1.0]
+    brightness_prob: Fraction = 0.15
+    brightness_range: Range = [0.75, 1.25]
+    contrast_prob: Fraction = 0.15
+    contrast_range: Range = [0.75, 1.25]
+    low_resolution_prob: Fraction = 0.25
+    low_resolution_zoom: Range = [0.5, 1.0]
+    gamma_prob: Fraction = 0.3
+    gamma_range: Range = [0.7, 1.5]
+
+
 class TrainParams(Section):
-    fold: Annotated[int, Field(ge=0)] = 0
     model: str = "resunet_small"
     model_overrides: dict = {}
-    # "auto": the plan's patch size and batch size (see preprocess).
+    # "auto": the plan's patch size and batch size (see preprocess). The batch is per process.
     patch_size: Literal["auto"] | IntTriple = "auto"
     batch_size: Literal["auto"] | PositiveInt = "auto"
-    iterations_per_epoch: PositiveInt = 25
+    # Optimiser steps per epoch on each process, as in nnU-Net, whatever the cohort size.
+    iterations_per_epoch: PositiveInt = 250
+    # Share of patches centred on a foreground voxel.
     foreground_fraction: Fraction = 0.33
-    max_epochs: PositiveInt = 40
-    learning_rate: PositiveFloat = 2e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
-    val_every_n_epochs: PositiveInt = 5
+    augmentation: AugmentationParams = AugmentationParams()
+    max_epochs: PositiveInt = 1000
+    # nnU-Net: SGD with Nesterov momentum 0.99, polynomial decay of the learning rate.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    learning_rate: PositiveFloat = 1e-2
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    weight_decay: Annotated[float, Field(ge=0)] = 3e-5
+    poly_power: PositiveFloat = 0.9
+    gradient_clip: Annotated[float, Field(ge=0)] = 12.0
+    val_every_n_epochs: PositiveInt = 50
     seed: int = 0
+    # "auto": continue from the fold's last checkpoint when it was made with these parameters.
+    resume: Literal["auto", "never"] = "auto"
+    # Fine-tuning: a model directory, fold directory, weights.pt or Lightning .ckpt to start from.
+    init_from: str | None = None
+    freeze_encoder_epochs: Annotated[int, Field(ge=0)] = 0
     num_workers: Annotated[int, Field(ge=0)] = 0
+    # Passed to Lightning's Trainer; "auto" precision is 16-bit mixed on GPU, 32-bit on CPU.
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: Literal["auto"] | PositiveInt = 1
+    num_nodes: PositiveInt = 1
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
 
 
 class PredictParams(Section):
@@ -117,6 +202,8 @@ class EvaluateParams(Section):
 class Params(Section):
     # The cohort the pipeline runs on: a folder name under data/raw/ (dvc.yaml reads it).
     cohort: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
+    # The cross-validation folds that dvc.yaml trains (one stage each) and prediction averages.
+    folds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0]
     synth: SynthParams = SynthParams()
     # "validate" would shadow a pydantic method, hence the alias.
     validation: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -158,9 +245,10 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _validate(model: type[Section], data: dict, source: str):
+def _validate(schema, data: dict, source: str):
+    # A TypeAdapter validates a Section and a union of Sections (NetworkParams) alike.
     try:
-        return model.model_validate(data)
+        return TypeAdapter(schema).validate_python(data)
     except ValidationError as err:
         raise ConfigError(f"{source}: {_describe(err)}") from None
 
@@ -176,6 +264,11 @@ def _describe(err: ValidationError) -> str:
         return f"{key}: unknown key{suffix}"
     if same_key[0]["type"] == "value_error":  # our own validators already say what they got
         return f"{key}: {same_key[0]['msg'].removeprefix('Value error, ')}{suffix}"
+    if same_key[0]["type"] == "union_tag_invalid":  # e.g. an unknown network architecture
+        ctx = same_key[0]["ctx"]
+        return f"{key}: expected one of {ctx['expected_tags']}, got {ctx['tag']!r}{suffix}"
+    if same_key[0]["type"] == "union_tag_not_found":
+        return f"{key}: missing{suffix}"
     reasons = " or ".join(dict.fromkeys(p["msg"].lower() for p in same_key))
     return f"{key}: {reasons}, got {same_key[0]['input']!r}{suffix}"
 
@@ -184,8 +277,12 @@ def _key(problem: dict) -> str:
     # pydantic adds the union branch it tried ("literal['auto']", "list[constrained-int]") to
     # the location; the user wrote only the key.
     parts = [str(p) for p in problem["loc"] if not _is_union_branch(p)]
+    if problem["type"].startswith("union_tag_"):  # the key that picks the branch is itself wrong
+        parts.append(problem["ctx"]["discriminator"].strip("'"))
     return ".".join(parts) or "(top level)"
 
 
 def _is_union_branch(part) -> bool:
-    return isinstance(part, str) and ("[" in part or part.startswith("constrained-"))
+    return isinstance(part, str) and (
+        "[" in part or part.startswith("constrained-") or part in _ARCHITECTURES
+    )

@@ -7,19 +7,20 @@ from pathlib import Path
 import pytest
 
 from pipeline.cohort import synthetic
-from pipeline.config import NetworkParams, PreprocessParams, SynthParams, TrainParams
+from pipeline.config import PreprocessParams, ResidualUnitUNetParams, SynthParams, TrainParams
 from pipeline.preprocess import stage as preprocess_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_SYNTH = SynthParams(seed=7, n_train=6, n_test=2)
-TINY_NETWORK = NetworkParams(channels=[8, 16, 32], strides=[2, 2], num_res_units=1)
+TINY_NETWORK = ResidualUnitUNetParams(channels=[8, 16, 32], strides=[2, 2], num_res_units=1)
 TINY_TRAIN = TrainParams(
     patch_size=[32, 32, 16],
     batch_size=2,
     iterations_per_epoch=6,
     max_epochs=4,
     val_every_n_epochs=2,
+    optimizer="adamw",
     learning_rate=3e-3,
 )
 

@@ -51,7 +51,7 @@ def test_missing_model_directory_exits_3(tmp_path, capsys):
         ]
     )
     assert code == 3
-    assert "model.json: not found" in capsys.readouterr().err
+    assert "m: no fold_*/model.json; is it a trained resseg model directory?" in capsys.readouterr().err
 
 
 def test_unknown_subcommand_is_a_usage_error():

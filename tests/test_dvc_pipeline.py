@@ -16,6 +16,7 @@ from tests.conftest import REPO_ROOT
 
 TINY_PARAMS = """
 cohort: synthetic
+folds: [0]
 synth: {seed: 3, n_train: 6, n_test: 2}
 validate: {num_workers: 1}
 preprocess: {target_spacing: [2.0, 2.0, 4.0], num_workers: 1}
@@ -24,6 +25,8 @@ train:
   model: resunet_small
   model_overrides: {channels: [8, 16, 32], strides: [2, 2], num_res_units: 1}
   patch_size: [32, 32, 16]
+  optimizer: adamw
+  learning_rate: 0.003
   iterations_per_epoch: 3
   max_epochs: 2
   val_every_n_epochs: 1
@@ -61,8 +64,14 @@ def repo(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_repro_then_up_to_date_then_experiment(repo: Path):
     out = run(["dvc", "repro"], repo)
-    for stage in ("synth", "validate", "preprocess", "split", "train", "predict", "evaluate"):
+    for stage in ("synth", "validate", "preprocess", "split", "train@0", "crossval@0", "predict", "evaluate"):
         assert f"Running stage '{stage}'" in out
+    # Out-of-fold: fold 0 of 2 holds out 3 of the 6 training cases, each segmented and scored.
+    validation = json.loads((repo / "data/splits.json").read_text())[0]["val"]
+    assert sorted(p.name for p in (repo / "data/crossval/fold_0").iterdir()) == [
+        f"{n}.nii.gz" for n in validation
+    ]
+    assert json.loads((repo / "reports/crossval/fold_0/metrics.json").read_text())["n_cases"] == 3
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert set(metrics["segmentation"]["dice"]) == {"organ", "lesion"}
     assert metrics["n_cases"] == 2
@@ -74,7 +83,7 @@ def test_repro_then_up_to_date_then_experiment(repo: Path):
     run(["git", "commit", "-qm", "baseline"], repo)
     run(["dvc", "exp", "run", "-S", "train.max_epochs=1"], repo)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
-    assert diff["dvclive/metrics.json"]["epoch"] == {"old": 1, "new": 0, "diff": -1}
+    assert diff["dvclive/fold_0/metrics.json"]["epoch"] == {"old": 1, "new": 0, "diff": -1}
 
 
 @pytest.mark.slow
@@ -91,5 +100,5 @@ def test_switching_to_an_imported_cohort(repo: Path, cohort_dir: Path):
     out = run(["dvc", "repro", "evaluate"], repo)
     assert "Running stage 'synth'" not in out  # evaluate needs only the imported cohort
     assert "resseg validate --cohort data/raw/hospital" in out
-    assert (repo / "models/hospital/model.json").is_file()
+    assert (repo / "models/hospital/fold_0/model.json").is_file()
     assert json.loads((repo / "reports/data_qc.json").read_text())["cohort"] == "data/raw/hospital"

@@ -72,9 +72,10 @@ def test_two_channel_mri_end_to_end(tmp_path):
     train.run(
         params,
         TINY_NETWORK,
+        0,
         tmp_path / "pre",
         tmp_path / "splits.json",
-        tmp_path / "model",
+        tmp_path / "model/fold_0",
         tmp_path / "live",
     )
 

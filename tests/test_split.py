@@ -32,3 +32,30 @@ def test_too_few_cases_is_named(tmp_path):
     (tmp_path / "plans.json").write_text(json.dumps({"cases": [{"name": "a", "label_voxels": {"0": 1}}]}))
     with pytest.raises(InputDataError, match="split.n_folds: 5 folds need at least as many training cases"):
         split.run(SplitParams(), tmp_path / "plans.json", tmp_path / "splits.json")
+
+
+def test_cases_of_one_patient_stay_in_one_fold_and_folds_stay_stratified(tmp_path):
+    import json
+
+    # 12 patients with two scans each; a third of the patients have no lesion.
+    cases = [
+        {
+            "name": f"p{p:02d}_scan{s}",
+            "patient": f"p{p:02d}",
+            "label_voxels": {"0": 9, "1": 5, **({} if p % 3 == 0 else {"2": 1})},
+        }
+        for p in range(12)
+        for s in range(2)
+    ]
+    (tmp_path / "plans.json").write_text(json.dumps({"cases": cases}))
+    folds = split.run(SplitParams(n_folds=4, seed=0), tmp_path / "plans.json", tmp_path / "splits.json")
+    for fold in folds:
+        val_patients = {name.split("_")[0] for name in fold["val"]}
+        train_patients = {name.split("_")[0] for name in fold["train"]}
+        assert not val_patients & train_patients
+        assert len(fold["val"]) == 6
+        assert sum(name.startswith(("p00", "p03", "p06", "p09")) for name in fold["val"]) == 2
+
+    (tmp_path / "few.json").write_text(json.dumps({"cases": cases[:6]}))  # 3 patients
+    with pytest.raises(InputDataError, match="4 folds need at least as many patients, .* has 3"):
+        split.run(SplitParams(n_folds=4), tmp_path / "few.json", tmp_path / "s.json")

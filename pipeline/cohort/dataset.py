@@ -26,6 +26,8 @@ class Case:
     name: str
     image: Path
     label: Path | None
+    # Optional "patient" of a training entry: cases of one patient stay in one fold.
+    patient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def load_cohort(root: str | Path, require_files: bool = True) -> Cohort:
         channels = meta.get("channel_names", meta.get("modality"))
         channel_names = [str(channels[key]) for key in sorted(channels, key=int)]
         training = [
-            Case(case_name(entry["image"]), root / entry["image"], root / entry["label"])
+            Case(
+                case_name(entry["image"]), root / entry["image"], root / entry["label"], entry.get("patient")
+            )
             for entry in meta["training"]
         ]
         test = [_test_case(root, entry) for entry in meta.get("test", [])]

@@ -27,7 +27,13 @@ def run(
     out_dir: str | Path,
     dataset_json: str | Path | None = None,
 ) -> dict:
-    pairs = _match_cases(Path(labels_dir), Path(predictions_dir))
+    return evaluate_pairs(_match_cases(Path(labels_dir), Path(predictions_dir)), out_dir, dataset_json)
+
+
+def evaluate_pairs(
+    pairs: list[tuple[str, Path, Path]], out_dir: str | Path, dataset_json: str | Path | None = None
+) -> dict:
+    """Metrics of (case, reference, prediction) triples, written to ``out_dir``."""
     names = _label_names(dataset_json)
     rows = [_evaluate_case(name, ref, pred, names) for name, ref, pred in pairs]
     label_values = sorted({v for row in rows for v in row["dice"]})

@@ -19,16 +19,20 @@ def find_scans(input_dir: Path) -> list[Path]:
 
 
 def run(predictor: Predictor, input_dir: str | Path, output_dir: str | Path) -> list[Path]:
+    return predict_scans(predictor, find_scans(Path(input_dir)), Path(output_dir))
+
+
+def predict_scans(predictor: Predictor, scans: list[Path], output_dir: Path) -> list[Path]:
     """Write ``output_dir/<scan name>`` for each scan; each file appears only when complete."""
     written = []
-    for scan in find_scans(Path(input_dir)):
+    for scan in scans:
         prediction = predictor.predict(scan)
         # The scan's own affine, read independently of MONAI, is the geometry we promise.
         reference = read_volume(scan, max_channels=predictor.description.plans.n_channels)
         if prediction.label.shape != reference.shape:
             shapes = f"{prediction.label.shape} vs {reference.shape}"
             raise RuntimeError(f"{scan}: inverse preprocessing did not restore the scan's shape: {shapes}")
-        out = Path(output_dir) / scan.name
+        out = output_dir / scan.name
         write_volume(out, prediction.label, reference.affine)
         written.append(out)
     return written

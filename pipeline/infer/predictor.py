@@ -47,9 +47,9 @@ class Predictor:
         self.inverse = Invertd("probabilities", self.preprocessing, orig_keys="image", nearest_interp=False)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, **options) -> Predictor:
-        description = load_description(Path(model_dir))
-        return cls(description, load_fold_networks(Path(model_dir), description), **options)
+    def from_model_dir(cls, model_dir: str | Path, folds: list[int] | None = None, **options) -> Predictor:
+        description = load_description(Path(model_dir), folds)
+        return cls(description, load_fold_networks(Path(model_dir), description, folds), **options)
 
     @torch.no_grad()
     def predict(self, image_path: str | Path) -> Prediction:
@@ -57,9 +57,8 @@ class Predictor:
         image = data["image"]
         # The volume stays in host memory; only the windows go to the device.
         batch = image.as_tensor().unsqueeze(0)
-        probabilities = sum(self._window_probabilities(net, batch) for net in self.networks) / len(
-            self.networks
-        )
+        probabilities = sum(self._window_probabilities(net, batch) for net in self.networks)
+        probabilities /= len(self.networks)
         data["probabilities"] = MetaTensor(
             probabilities[0], meta=image.meta, applied_operations=image.applied_operations
         )

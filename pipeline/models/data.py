@@ -1,28 +1,28 @@
 """The DataModule: preprocessed cases of one fold, random patches for training, whole volumes
-for validation."""
+for validation.
+
+Every epoch's random draws (which cases, which patches, which augmentations) are a function of
+(seed, epoch, process rank) alone, so a run resumed at epoch k draws exactly what an
+uninterrupted run would have. Each process draws its own patches; validation cases are split
+between processes without the padding of Lightning's sampler, so each case counts once in
+the synchronised metric.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from monai.data import CacheDataset, DataLoader
-from monai.transforms import (
-    Compose,
-    EnsureChannelFirstd,
-    LoadImaged,
-    RandCropByPosNegLabeld,
-    RandFlipd,
-    RandGaussianNoised,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SpatialPadd,
-)
+import torch
+from monai.data import CacheDataset, DataLoader, DistributedSampler
+from monai.data.utils import set_rnd
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from torch.utils.data import RandomSampler
 
 from pipeline.config import TrainParams
-
-KEYS = ("image", "label")
+from pipeline.models.augmentation import KEYS, training_patches
 
 
 def case_files(preprocessed_dir: Path, names: list[str]) -> list[dict]:
@@ -36,44 +36,31 @@ def load_preprocessed() -> Compose:
     )
 
 
-def training_augmentation(patch_size: list[int], foreground_fraction: float) -> Compose:
-    """Patches with foreground oversampling, mirroring, and mild intensity changes."""
-    return Compose(
-        [
-            SpatialPadd(KEYS, spatial_size=patch_size),
-            RandCropByPosNegLabeld(
-                KEYS,
-                label_key="label",
-                spatial_size=patch_size,
-                pos=foreground_fraction,
-                neg=1 - foreground_fraction,
-                num_samples=1,
-            ),
-            *[RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)],
-            RandScaleIntensityd("image", factors=0.1, prob=0.2),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.2),
-            RandGaussianNoised("image", std=0.1, prob=0.15),
-        ]
-    )
-
-
 class PreprocessedDataModule(L.LightningDataModule):
     def __init__(
-        self, preprocessed_dir: Path, fold: dict, patch_size: list[int], batch_size: int, params: TrainParams
+        self,
+        preprocessed_dir: Path,
+        fold: dict,
+        patch_size: list[int],
+        spacing: list[float],
+        batch_size: int,
+        params: TrainParams,
     ):
         super().__init__()
         self.preprocessed_dir = Path(preprocessed_dir)
         self.fold = fold
         self.patch_size = patch_size
+        self.spacing = spacing
         self.batch_size = batch_size
         self.params = params
 
     def setup(self, stage: str) -> None:
+        patches = training_patches(
+            self.patch_size, self.spacing, self.params.foreground_fraction, self.params.augmentation
+        )
         self.train_set = CacheDataset(
             case_files(self.preprocessed_dir, self.fold["train"]),
-            Compose(
-                [load_preprocessed(), training_augmentation(self.patch_size, self.params.foreground_fraction)]
-            ),
+            Compose([load_preprocessed(), patches]),
             progress=False,
         )
         self.val_set = CacheDataset(
@@ -81,19 +68,55 @@ class PreprocessedDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        # An epoch is a fixed number of iterations, as in nnU-Net, whatever the cohort size.
-        sampler = RandomSampler(
+        return EpochSeededLoader(
             self.train_set,
-            replacement=True,
-            num_samples=self.params.iterations_per_epoch * self.batch_size,
-        )
-        return DataLoader(
-            self.train_set,
+            epoch_seed=lambda: epoch_seed(self.params.seed, self._epoch(), self.trainer.global_rank),
+            samples_per_epoch=self.params.iterations_per_epoch * self.batch_size,
             batch_size=self.batch_size,
-            sampler=sampler,
             num_workers=self.params.num_workers,
-            persistent_workers=self.params.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=1, num_workers=self.params.num_workers)
+        sampler = None
+        if self.trainer and self.trainer.world_size > 1:
+            sampler = DistributedSampler(
+                self.val_set,
+                even_divisible=False,
+                num_replicas=self.trainer.world_size,
+                rank=self.trainer.global_rank,
+                shuffle=False,
+            )
+        return DataLoader(self.val_set, batch_size=1, sampler=sampler, num_workers=self.params.num_workers)
+
+    def _epoch(self) -> int:
+        # Counted in optimiser steps: when a resumed run creates its first iterator, Lightning has
+        # restored the step count but not yet trainer.current_epoch.
+        return self.trainer.global_step // self.params.iterations_per_epoch
+
+
+class EpochSeededLoader(DataLoader):
+    """Draws ``samples_per_epoch`` cases with replacement (an epoch is a number of steps, not a
+    pass over the cases) and reseeds everything random when an epoch's iterator is created.
+
+    Reseeding here rather than in a callback matters: Lightning creates the first epoch's
+    iterator of a run, resumed or not, before any epoch hook runs. One generator drives the
+    sampler and the loader workers' seeds (MONAI seeds each worker's transforms from it); the
+    transforms of this process (``num_workers=0``) are reseeded directly.
+    """
+
+    def __init__(self, dataset, epoch_seed: Callable[[], int], samples_per_epoch: int, **kwargs):
+        self.epoch_seed = epoch_seed
+        generator = torch.Generator()
+        sampler = RandomSampler(dataset, replacement=True, num_samples=samples_per_epoch, generator=generator)
+        super().__init__(dataset, sampler=sampler, generator=generator, **kwargs)
+
+    def __iter__(self):
+        seed = self.epoch_seed()
+        self.generator.manual_seed(seed)
+        set_rnd(self.dataset, seed)
+        return super().__iter__()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{epoch}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")

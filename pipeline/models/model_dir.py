@@ -1,8 +1,13 @@
 """The model directory: everything inference needs, so a model travels as one folder.
 
-model.json               network, plan (preprocessing + labels), patch size, training params
-fold_<k>/weights.pt      the best checkpoint's network weights (tensors only)
-fold_<k>/checkpoints/    Lightning's best.ckpt and last.ckpt, for resuming
+models/<name>/fold_<k>/
+    model.json           network, plan (preprocessing + labels), patch size, resolved training
+                         parameters, fold, best validation Dice, what init_from loaded
+    weights.pt           the best checkpoint's network weights (tensors only)
+    checkpoints/         Lightning's best.ckpt and last.ckpt, for resuming
+
+Each fold directory is complete on its own (DVC writes one per stage); a model is the set of
+its folds, which must agree on network, plan and patch size to be averaged.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import torch
 from torch import nn
 
 import pipeline
-from pipeline.config import NetworkParams
+from pipeline.config import NetworkParams, parse_network
 from pipeline.errors import InputDataError
 from pipeline.io import atomic_output, write_json
 from pipeline.models.networks import build_network
 from pipeline.preprocess.plans import Plans
 
 MODEL_JSON = "model.json"
+WEIGHTS = "weights.pt"
 
 
 @dataclass(frozen=True)
@@ -31,16 +37,25 @@ class ModelDescription:
     patch_size: list[int]
 
     def build(self) -> nn.Module:
-        return build_network(self.network, self.plans.n_channels, len(self.plans.labels))
+        return build_network(
+            self.network,
+            self.plans.n_channels,
+            len(self.plans.labels),
+            patch_size=self.patch_size,
+            spacing=self.plans.target_spacing,
+        )
 
 
 def fold_dir(model_dir: Path, fold: int) -> Path:
     return Path(model_dir) / f"fold_{fold}"
 
 
-def save_description(model_dir: Path, description: ModelDescription, **extra) -> None:
+def save_fold(fold_path: Path, description: ModelDescription, network: nn.Module, **extra) -> None:
+    """Weights first, then model.json: a fold directory with a model.json is complete."""
+    with atomic_output(fold_path / WEIGHTS) as tmp:
+        torch.save(network.state_dict(), tmp)
     write_json(
-        Path(model_dir) / MODEL_JSON,
+        fold_path / MODEL_JSON,
         {
             "resseg_version": pipeline.__version__,
             "network": description.network.model_dump(),
@@ -51,37 +66,71 @@ def save_description(model_dir: Path, description: ModelDescription, **extra) ->
     )
 
 
-def save_weights(model_dir: Path, fold: int, network: nn.Module) -> None:
-    with atomic_output(fold_dir(model_dir, fold) / "weights.pt") as tmp:
-        torch.save(network.state_dict(), tmp)
+def fold_dirs(model_dir: Path, folds: list[int] | None = None) -> list[Path]:
+    """The trained folds of a model directory (or the fold directory itself), optionally chosen."""
+    model_dir = Path(model_dir)
+    if (model_dir / MODEL_JSON).is_file():
+        return [model_dir]
+    found = {
+        int(p.parent.name.removeprefix("fold_")): p.parent for p in model_dir.glob(f"fold_*/{MODEL_JSON}")
+    }
+    if not found:
+        raise InputDataError(f"{model_dir}: no fold_*/{MODEL_JSON}; is it a trained resseg model directory?")
+    if folds is None:
+        return [found[k] for k in sorted(found)]
+    missing = sorted(set(folds) - set(found))
+    if missing:
+        raise InputDataError(f"{model_dir}: no trained fold {missing} (trained: {sorted(found)})")
+    return [found[k] for k in folds]
 
 
-def load_description(model_dir: Path) -> ModelDescription:
-    path = Path(model_dir) / MODEL_JSON
+def load_description(model_dir: Path, folds: list[int] | None = None) -> ModelDescription:
+    """The description shared by the chosen folds; folds that disagree are refused."""
+    descriptions = {path: _read_description(path / MODEL_JSON) for path in fold_dirs(model_dir, folds)}
+    (first_path, first), *others = descriptions.items()
+    for path, other in others:
+        if other != first:
+            raise InputDataError(f"{path}: network, plan or patch size differs from {first_path}")
+    return first
+
+
+def load_fold_networks(
+    model_dir: Path, description: ModelDescription, folds: list[int] | None = None
+) -> list[nn.Module]:
+    """Every chosen fold's network, in eval mode; weights load as tensors only (no pickled code)."""
+    networks = []
+    for path in fold_dirs(model_dir, folds):
+        network = description.build()
+        try:
+            network.load_state_dict(load_state_dict(path / WEIGHTS))
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            first_line = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+            raise InputDataError(f"{path / WEIGHTS}: does not fit {MODEL_JSON} ({first_line})") from None
+        networks.append(network.eval())
+    return networks
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Network weights from weights.pt or a Lightning checkpoint, without executing pickled code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputDataError(f"{path}: not found") from None
+    except Exception as err:
+        raise InputDataError(f"{path}: cannot load weights ({err.__class__.__name__}: {err})") from None
+    if "state_dict" in state:  # a Lightning checkpoint: the network sits under "network."
+        prefix = "network."
+        state = {k.removeprefix(prefix): v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    return state
+
+
+def _read_description(path: Path) -> ModelDescription:
     try:
         data = json.loads(path.read_text())
         return ModelDescription(
-            network=NetworkParams.model_validate(data["network"]),
+            network=parse_network(data["network"]),
             plans=Plans.from_dict(data["plans"]),
             patch_size=list(data["patch_size"]),
         )
-    except FileNotFoundError:
-        raise InputDataError(f"{path}: not found; is {model_dir} a resseg model directory?") from None
     except (KeyError, TypeError, ValueError) as err:
         raise InputDataError(f"{path}: missing or malformed entry ({err})") from None
-
-
-def load_fold_networks(model_dir: Path, description: ModelDescription) -> list[nn.Module]:
-    """Every trained fold's network, in eval mode; weights load as tensors only (no pickled code)."""
-    weight_files = sorted(Path(model_dir).glob("fold_*/weights.pt"))
-    if not weight_files:
-        raise InputDataError(f"{model_dir}: no fold_*/weights.pt; was training completed?")
-    networks = []
-    for path in weight_files:
-        network = description.build()
-        try:
-            network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as err:
-            raise InputDataError(f"{path}: cannot load weights ({err.__class__.__name__}: {err})") from None
-        networks.append(network.eval())
-    return networks

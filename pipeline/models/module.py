@@ -1,4 +1,5 @@
-"""The LightningModule: a network, Dice + cross-entropy, and sliding-window validation.
+"""The LightningModule: a network, Dice + cross-entropy (with deep supervision), the optimiser,
+and sliding-window validation.
 
 It holds no file paths; Lightning's checkpointing and the DataModule own the I/O.
 """
@@ -8,35 +9,36 @@ from __future__ import annotations
 import lightning as L
 import torch
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import DiceMetric
 from torch import nn
+
+from pipeline.config import TrainParams
 
 
 class SegmentationModule(L.LightningModule):
     def __init__(
-        self,
-        network: nn.Module,
-        label_names: dict[int, str],
-        patch_size: list[int],
-        learning_rate: float,
-        weight_decay: float,
+        self, network: nn.Module, label_names: dict[int, str], patch_size: list[int], params: TrainParams
     ):
         super().__init__()
         self.network = network
         self.label_names = label_names  # foreground only: value -> name
         self.patch_size = patch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
-        # Both empty counts as a perfect 1.0 (see README, "Metric conventions").
+        self.params = params
+        # A deeply supervised network returns logits at every decoder resolution; the label is
+        # downsampled to each (nearest), and the coarser outputs weigh less (deep_supervision_weights).
+        self.loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
+        # Both empty counts as a perfect 1.0 (see README, "Metrics").
         self.val_dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.network(image)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["label"])
+        outputs = self(batch["image"])
+        if isinstance(outputs, list):
+            self.loss.weights = deep_supervision_weights(len(outputs))
+        loss = self.loss(outputs, batch["label"])
         self.log(
             "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"])
         )
@@ -52,6 +54,8 @@ class SegmentationModule(L.LightningModule):
         self.val_dice(prediction, reference)
 
     def on_validation_epoch_end(self) -> None:
+        # MONAI's metric gathers every process's cases before aggregating, so all processes hold
+        # the same value; sync_dist then averages equal numbers (and keeps Lightning quiet).
         per_label = self.val_dice.aggregate()
         self.val_dice.reset()
         for value, dice in zip(sorted(self.label_names), per_label, strict=True):
@@ -59,11 +63,27 @@ class SegmentationModule(L.LightningModule):
         self.log("val/dice_mean", per_label.mean(), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
+        p = self.params
+        if p.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                self.parameters(),
+                lr=p.learning_rate,
+                momentum=p.momentum,
+                nesterov=p.momentum > 0,
+                weight_decay=p.weight_decay,
+            )
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
         # nnU-Net's polynomial decay, stepped per epoch.
         scheduler = torch.optim.lr_scheduler.PolynomialLR(
-            optimizer, total_iters=self.trainer.max_epochs, power=0.9
+            optimizer, total_iters=self.trainer.max_epochs, power=p.poly_power
         )
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def deep_supervision_weights(levels: int) -> list[float]:
+    """nnU-Net's weights: halving per level, none on the coarsest, normalised to sum 1."""
+    if levels == 1:
+        return [1.0]
+    weights = [0.5**level for level in range(levels - 1)] + [0.0]
+    return [w / sum(weights) for w in weights]

@@ -1,72 +1,173 @@
-"""The train stage: one fold of the cross-validation, under a Lightning Trainer."""
+"""The train stage: one fold of the cross-validation, under a Lightning Trainer.
+
+Resume: with ``train.resume: auto`` a fold directory holding the ``last.ckpt`` of an unfinished
+run of the same experiment (same parameters, network, plan and fold) continues from it: epoch, optimiser,
+scheduler and best score come from Lightning's checkpoint; the random draws depend only on
+the epoch (see data.py). A checkpoint of another experiment is set aside, never resumed.
+
+Under DDP every process runs this function; only the global rank 0 writes the model
+directory (Lightning's checkpointing and DVCLive already write from rank 0 only).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
 import torch
 from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 
 from pipeline.config import NetworkParams, TrainParams
 from pipeline.errors import ConfigError
+from pipeline.models.callbacks import EncoderFreezing, RunSignature
 from pipeline.models.data import PreprocessedDataModule
-from pipeline.models.model_dir import ModelDescription, fold_dir, save_description, save_weights
+from pipeline.models.model_dir import ModelDescription, load_state_dict, save_fold
 from pipeline.models.module import SegmentationModule
+from pipeline.models.networks import encoder_parameter_names
+from pipeline.models.transfer import initialise_from
 from pipeline.preprocess.plans import Plans
+
+# Parameters that say where and how fast a run goes, not what it learns: changing them
+# between an interruption and its resumption is allowed.
+RUNTIME_PARAMS = {"resume", "num_workers", "accelerator", "devices", "num_nodes", "strategy"}
 
 
 def run(
     params: TrainParams,
     network_params: NetworkParams,
+    fold: int,
     preprocessed_dir: str | Path,
     splits_path: str | Path,
-    model_dir: str | Path,
+    fold_path: str | Path,
     live_dir: str | Path = "dvclive",
 ) -> dict:
-    preprocessed_dir, model_dir = Path(preprocessed_dir), Path(model_dir)
+    preprocessed_dir, fold_path = Path(preprocessed_dir), Path(fold_path)
     plans = Plans.load(preprocessed_dir / "plans.json")
     folds = json.loads(Path(splits_path).read_text())
-    if params.fold >= len(folds):
-        raise ConfigError(f"train.fold: {params.fold} but {splits_path} has folds 0-{len(folds) - 1}")
-
+    if fold >= len(folds):
+        raise ConfigError(f"fold: {fold} but {splits_path} has folds 0-{len(folds) - 1}")
     patch_size = plans.patch_size if params.patch_size == "auto" else params.patch_size
     batch_size = plans.batch_size if params.batch_size == "auto" else params.batch_size
-
-    L.seed_everything(params.seed, workers=True)
     description = ModelDescription(network_params, plans, patch_size=patch_size)
-    module = SegmentationModule(
-        description.build(),
-        label_names=plans.foreground_labels,
-        patch_size=patch_size,
-        learning_rate=params.learning_rate,
-        weight_decay=params.weight_decay,
+    signature = _signature(params, description, folds[fold])
+
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    network = description.build()
+    init_report = initialise_from(network, params.init_from, plans.labels) if params.init_from else None
+    module = SegmentationModule(network, plans.foreground_labels, patch_size, params)
+
+    checkpoint_dir = fold_path / "checkpoints"
+    resume_from = (
+        _resumable_checkpoint(checkpoint_dir, signature, params.max_epochs)
+        if params.resume == "auto"
+        else None
     )
-    checkpoints = ModelCheckpoint(
-        dirpath=fold_dir(model_dir, params.fold) / "checkpoints",
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
         filename="best",
         monitor="val/dice_mean",
         mode="max",
-        save_last=True,
+        enable_version_counter=False,
     )
+    # last.ckpt after every epoch (not only when validation runs): a kill loses one epoch at most.
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="last", save_on_train_epoch_end=True, enable_version_counter=False
+    )
+    callbacks = [best, last, RunSignature(signature)]
+    if params.freeze_encoder_epochs:
+        callbacks.append(EncoderFreezing(encoder_parameter_names(network), params.freeze_encoder_epochs))
+
     trainer = L.Trainer(
         max_epochs=params.max_epochs,
         accelerator=params.accelerator,
-        devices=1,
-        logger=DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False),
-        callbacks=[checkpoints],
+        devices=params.devices,
+        num_nodes=params.num_nodes,
+        strategy=_strategy(params),
+        precision=_precision(params),
+        gradient_clip_val=params.gradient_clip or None,
+        logger=DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=bool(resume_from)),
+        callbacks=callbacks,
         check_val_every_n_epoch=params.val_every_n_epochs,
         num_sanity_val_steps=0,
+        # Each process draws its own patches and validation cases are split in data.py.
+        use_distributed_sampler=False,
         log_every_n_steps=min(params.iterations_per_epoch, 50),
     )
-    data = PreprocessedDataModule(preprocessed_dir, folds[params.fold], patch_size, batch_size, params)
-    trainer.fit(module, datamodule=data)
+    spacing = list(plans.target_spacing)
+    data = PreprocessedDataModule(preprocessed_dir, folds[fold], patch_size, spacing, batch_size, params)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
 
-    best = torch.load(checkpoints.best_model_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(best["state_dict"])
-    save_weights(model_dir, params.fold, module.network)
-    summary = {"fold": params.fold, "best_val_dice_mean": float(checkpoints.best_model_score)}
-    save_description(model_dir, description, training=params.model_dump(), **summary)
+    summary = {
+        "fold": fold,
+        "best_val_dice_mean": float(best.best_model_score) if best.best_model_score is not None else None,
+        "epochs": trainer.current_epoch,
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+    if trainer.is_global_zero:
+        # The weights of the best validation epoch, or of the last epoch if none was validated.
+        chosen = best.best_model_path or last.best_model_path  # without a monitor: the latest
+        network.load_state_dict(load_state_dict(Path(chosen)))
+        save_fold(
+            fold_path,
+            description,
+            network.cpu(),
+            training=params.model_dump(),
+            init_from=init_report,
+            **summary,
+        )
     return summary
+
+
+def _signature(params: TrainParams, description: ModelDescription, fold_cases: dict) -> str:
+    what_is_learned = {
+        "train": params.model_dump(exclude=RUNTIME_PARAMS),
+        "network": description.network.model_dump(),
+        "plans": description.plans.to_dict(),
+        "patch_size": description.patch_size,
+        "cases": fold_cases,
+    }
+    return hashlib.sha256(json.dumps(what_is_learned, sort_keys=True).encode()).hexdigest()
+
+
+def _resumable_checkpoint(checkpoint_dir: Path, signature: str, max_epochs: int) -> Path | None:
+    """``last.ckpt`` if it is an unfinished run of this experiment. Other checkpoints (another
+    experiment's, or a finished run that DVC reruns because the code changed) are moved aside,
+    not deleted, so that this run starts clean."""
+    last = checkpoint_dir / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: not ours to continue
+        checkpoint = {}
+    if checkpoint.get(RunSignature.KEY) != signature:
+        reason = "belongs to other parameters or data"
+    elif checkpoint["epoch"] + 1 >= max_epochs:
+        reason = "is a finished run"
+    else:
+        print(f"resuming from {last} after epoch {checkpoint['epoch'] + 1} of {max_epochs}")
+        return last
+    stale = checkpoint_dir.with_name("checkpoints.previous")
+    shutil.rmtree(stale, ignore_errors=True)
+    checkpoint_dir.rename(stale)
+    print(f"not resuming: {last} {reason}; moved to {stale}")
+    return None
+
+
+def _strategy(params: TrainParams):
+    if params.strategy == "ddp" and params.freeze_encoder_epochs:
+        # Frozen parameters produce no gradient; DDP must not wait for them.
+        return DDPStrategy(find_unused_parameters=True)
+    return params.strategy
+
+
+def _precision(params: TrainParams) -> str:
+    if params.precision != "auto":
+        return params.precision
+    on_gpu = params.accelerator == "gpu" or (params.accelerator == "auto" and torch.cuda.is_available())
+    return "16-mixed" if on_gpu else "32-true"

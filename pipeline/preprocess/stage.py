@@ -65,6 +65,7 @@ def preprocess_case(plans: Plans, case: Case, out_dir: Path) -> dict:
     original_affine = data["image"].meta["original_affine"]
     return {
         "name": case.name,
+        "patient": case.patient,
         "shape": list(image.shape[1:]),
         "label_voxels": {str(v): int(c) for v, c in zip(values, counts, strict=True)},
         "original_shape": list(crop["orig_size"]),

@@ -1,0 +1,126 @@
+"""Training patches and their augmentation: nnU-Net's recipe, built from MONAI transforms.
+
+A patch is cropped larger than the network's patch (centred on foreground for the requested
+share of patches), rotated and scaled about its centre, cut to the patch size, then mirrored
+and given intensity changes. Cutting after the rotation keeps the empty corners that a
+rotation would bring in outside the patch, and keeps a foreground-centred patch centred on
+foreground.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from monai.transforms import (
+    Compose,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
+    RandSimulateLowResolutiond,
+    SpatialPadd,
+)
+
+from pipeline.config import AugmentationParams
+
+KEYS = ("image", "label")
+# A thick-slice axis (spacing this many times the finest) is not rotated into the others.
+ANISOTROPY_RATIO = 3.0
+
+
+def training_patches(
+    patch_size: Sequence[int],
+    spacing: Sequence[float],
+    foreground_fraction: float,
+    params: AugmentationParams,
+) -> Compose:
+    in_plane = _in_plane_axes(spacing)
+    crop_size = _crop_size(patch_size, params, in_plane)
+    rotation = math.radians(params.rotation_degrees)
+    # RandAffine's rotate_range is per rotation axis; rotating about axis a mixes the other two.
+    rotate_range = [rotation if set(range(3)) - {axis} <= set(in_plane) else 0.0 for axis in range(3)]
+    scale_range = [(params.scale_range[0] - 1, params.scale_range[1] - 1)] * 3
+    spatial = [
+        SpatialPadd(KEYS, spatial_size=crop_size),
+        RandCropByPosNegLabeld(
+            KEYS,
+            label_key="label",
+            spatial_size=crop_size,
+            pos=foreground_fraction,
+            neg=1 - foreground_fraction,
+            num_samples=1,
+        ),
+        RandAffined(
+            KEYS,
+            spatial_size=patch_size,
+            prob=params.affine_prob,
+            rotate_range=rotate_range,
+            scale_range=scale_range,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+    ]
+    if params.elastic_prob > 0:
+        spatial.append(
+            Rand3DElasticd(
+                KEYS,
+                sigma_range=(9, 13),
+                magnitude_range=(0, 200),
+                prob=params.elastic_prob,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
+    spatial += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in params.mirror_axes]
+    intensity = [
+        RandGaussianNoised("image", prob=params.noise_prob, std=params.noise_std),
+        RandGaussianSmoothd(
+            "image",
+            prob=params.blur_prob,
+            sigma_x=tuple(params.blur_sigma),
+            sigma_y=tuple(params.blur_sigma),
+            sigma_z=tuple(params.blur_sigma),
+        ),
+        # Brightness multiplies; contrast multiplies about the mean (v -> v * (1 + f), shifted back).
+        RandScaleIntensityd("image", prob=params.brightness_prob, factors=_factors(params.brightness_range)),
+        RandScaleIntensityFixedMeand(
+            "image", prob=params.contrast_prob, factors=_factors(params.contrast_range), preserve_range=True
+        ),
+        RandSimulateLowResolutiond(
+            "image", prob=params.low_resolution_prob, zoom_range=params.low_resolution_zoom
+        ),
+        RandAdjustContrastd(
+            "image", prob=params.gamma_prob, gamma=tuple(params.gamma_range), retain_stats=True
+        ),
+    ]
+    return Compose([*spatial, *intensity])
+
+
+def _in_plane_axes(spacing: Sequence[float]) -> list[int]:
+    """Axes whose spacing is within ANISOTROPY_RATIO of the finest; all three when isotropic-ish."""
+    finest = min(spacing)
+    return [axis for axis, s in enumerate(spacing) if s <= ANISOTROPY_RATIO * finest]
+
+
+def _crop_size(patch_size: Sequence[int], params: AugmentationParams, rotated_axes: list[int]) -> list[int]:
+    """A crop that still covers the patch after the largest rotation and zoom-out drawn."""
+    if params.affine_prob == 0:
+        return list(patch_size)
+    angle = math.radians(min(params.rotation_degrees, 45.0))
+    rotation_margin = math.cos(angle) + math.sin(angle)
+    zoom_out = max(1.0, params.scale_range[1])
+    return [
+        math.ceil(size * zoom_out * (rotation_margin if axis in rotated_axes else 1.0))
+        for axis, size in enumerate(patch_size)
+    ]
+
+
+def _factors(multipliers: Sequence[float]) -> tuple[float, float]:
+    # MONAI's factors f scale by (1 + f).
+    return (multipliers[0] - 1, multipliers[1] - 1)

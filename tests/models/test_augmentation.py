@@ -1,0 +1,57 @@
+"""Training patches: the requested share is centred on foreground, and augmented patches keep
+their size and their label values."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data.utils import set_rnd
+
+from pipeline.config import AugmentationParams
+from pipeline.models.augmentation import _crop_size, _in_plane_axes, training_patches
+
+PATCH = [15, 15, 9]  # odd sizes: mirroring keeps the centre voxel in place
+
+
+def volume_with_small_foreground():
+    """A 40x40x20 volume whose foreground is one 4x4x4 cube: a random patch centre almost never
+    falls on it by chance, so a centre on foreground means the sampler chose foreground."""
+    label = torch.zeros(1, 40, 40, 20)
+    label[:, 30:34, 5:9, 12:16] = 1
+    image = torch.randn(1, 40, 40, 20)
+    return {"image": image, "label": label}
+
+
+@pytest.mark.parametrize("fraction", [0.33, 0.8])
+def test_requested_share_of_patches_is_centred_on_foreground(fraction):
+    params = AugmentationParams(affine_prob=0.0)
+    patches = training_patches(PATCH, [1.0, 1.0, 1.0], fraction, params)
+    set_rnd(patches, 0)
+    centre = tuple(s // 2 for s in PATCH)
+    n = 900
+    on_foreground = sum(
+        float(patches(volume_with_small_foreground())[0]["label"][(0, *centre)]) == 1 for _ in range(n)
+    )
+    # Binomial standard deviation at n=900 is at most 0.017; allow four of them.
+    assert abs(on_foreground / n - fraction) < 0.07
+
+
+def test_augmented_patches_have_the_patch_size_and_only_the_label_values():
+    params = AugmentationParams(affine_prob=1.0, elastic_prob=0.5, low_resolution_prob=1.0, gamma_prob=1.0)
+    patches = training_patches(PATCH, [0.8, 0.8, 3.0], 0.5, params)
+    set_rnd(patches, 1)
+    data = volume_with_small_foreground()
+    data["label"][:, 10:30, 10:30, 5:15] = 2
+    for _ in range(20):
+        (patch,) = patches(data)
+        assert tuple(patch["image"].shape) == (1, *PATCH)
+        assert tuple(patch["label"].shape) == (1, *PATCH)
+        assert set(np.unique(patch["label"].numpy())) <= {0.0, 1.0, 2.0}
+
+
+def test_thick_slices_are_rotated_in_plane_only():
+    assert _in_plane_axes([0.8, 0.8, 3.0]) == [0, 1]
+    assert _in_plane_axes([1.0, 1.2, 2.5]) == [0, 1, 2]
+    # The crop covers a 30-degree rotation and a 1.4x zoom-out in-plane; the thick axis only the zoom.
+    params = AugmentationParams(rotation_degrees=30, scale_range=[0.7, 1.4])
+    assert _crop_size([100, 100, 10], params, rotated_axes=[0, 1]) == [192, 192, 14]
+    assert _crop_size([100, 100, 10], AugmentationParams(affine_prob=0), [0, 1]) == [100, 100, 10]
