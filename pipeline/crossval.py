@@ -33,7 +33,7 @@ def run(
     cohort = load_cohort(cohort_dir)
     folds = json.loads(Path(splits_path).read_text())
     if fold >= len(folds):
-        raise ConfigError(f"fold: {fold} but {splits_path} has folds 0-{len(folds) - 1}")
+        raise ConfigError(f"--fold: {fold} but {splits_path} has folds 0-{len(folds) - 1}")
     validation = set(folds[fold]["val"])
     cases = [case for case in cohort.training if case.name in validation]
     with atomic_directory(masks_dir) as tmp:

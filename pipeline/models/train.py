@@ -3,7 +3,7 @@
 Resume: with ``train.resume: auto`` a fold directory holding the ``last.ckpt`` of an unfinished
 run of the same experiment (same parameters, network, plan and fold) continues from it: epoch, optimiser,
 scheduler and best score come from Lightning's checkpoint; the random draws depend only on
-the epoch (see data.py). A checkpoint of another experiment is set aside, never resumed.
+the epoch (see data.py). A checkpoint of another experiment is never resumed.
 
 Under DDP every process runs this function; only the global rank 0 writes the model
 directory (Lightning's checkpointing and DVCLive already write from rank 0 only).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -50,7 +49,7 @@ def run(
     plans = Plans.load(preprocessed_dir / "plans.json")
     folds = json.loads(Path(splits_path).read_text())
     if fold >= len(folds):
-        raise ConfigError(f"fold: {fold} but {splits_path} has folds 0-{len(folds) - 1}")
+        raise ConfigError(f"--fold: {fold} but {splits_path} has folds 0-{len(folds) - 1}")
     patch_size = plans.patch_size if params.patch_size == "auto" else params.patch_size
     batch_size = plans.batch_size if params.batch_size == "auto" else params.batch_size
     description = ModelDescription(network_params, plans, patch_size=patch_size)
@@ -135,9 +134,13 @@ def _signature(params: TrainParams, description: ModelDescription, fold_cases: d
 
 
 def _resumable_checkpoint(checkpoint_dir: Path, signature: str, max_epochs: int) -> Path | None:
-    """``last.ckpt`` if it is an unfinished run of this experiment. Other checkpoints (another
-    experiment's, or a finished run that DVC reruns because the code changed) are moved aside,
-    not deleted, so that this run starts clean."""
+    """``last.ckpt`` if it is an unfinished run of this experiment, else None.
+
+    Another experiment's checkpoints, or a finished run's (which DVC reruns when the code
+    changed), are left where they are for this run to overwrite: DVC's cache keeps the fold
+    directory they belong to. Every DDP process asks this and gets the same answer, as nothing
+    is moved.
+    """
     last = checkpoint_dir / "last.ckpt"
     if not last.is_file():
         return None
@@ -146,17 +149,13 @@ def _resumable_checkpoint(checkpoint_dir: Path, signature: str, max_epochs: int)
     except Exception:  # unreadable: not ours to continue
         checkpoint = {}
     if checkpoint.get(RunSignature.KEY) != signature:
-        reason = "belongs to other parameters or data"
-    elif checkpoint["epoch"] + 1 >= max_epochs:
-        reason = "is a finished run"
-    else:
-        print(f"resuming from {last} after epoch {checkpoint['epoch'] + 1} of {max_epochs}")
-        return last
-    stale = checkpoint_dir.with_name("checkpoints.previous")
-    shutil.rmtree(stale, ignore_errors=True)
-    checkpoint_dir.rename(stale)
-    print(f"not resuming: {last} {reason}; moved to {stale}")
-    return None
+        print(f"not resuming: {last} belongs to other parameters or data")
+        return None
+    if checkpoint["epoch"] + 1 >= max_epochs:
+        print(f"not resuming: {last} is a finished run")
+        return None
+    print(f"resuming from {last} after epoch {checkpoint['epoch'] + 1} of {max_epochs}")
+    return last
 
 
 def _strategy(params: TrainParams):

@@ -71,25 +71,18 @@ def test_fold_directory_is_self_contained(trained):
 
 
 def test_fold_out_of_range_is_named(preprocessed_dir, splits, tmp_path):
-    with pytest.raises(ConfigError, match=r"fold: 3 but .*splits.json has folds 0-2"):
+    with pytest.raises(ConfigError, match=r"--fold: 3 but .*splits.json has folds 0-2"):
         train.run(
             TINY_TRAIN, TINY_NETWORK, 3, preprocessed_dir, splits, tmp_path / "fold_3", tmp_path / "live"
         )
 
 
 def test_only_an_unfinished_run_of_the_same_experiment_is_resumed(tmp_path):
-    checkpoints = tmp_path / "fold_0/checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save({RunSignature.KEY: "same", "epoch": 2}, checkpoints / "last.ckpt")
-    assert train._resumable_checkpoint(checkpoints, "same", max_epochs=4) == checkpoints / "last.ckpt"
-
-    assert train._resumable_checkpoint(checkpoints, "changed parameters", max_epochs=4) is None
-    assert not checkpoints.exists()
-    assert (tmp_path / "fold_0/checkpoints.previous/last.ckpt").is_file()  # set aside, not lost
-
-    checkpoints.mkdir()
-    torch.save({RunSignature.KEY: "same", "epoch": 3}, checkpoints / "last.ckpt")
-    assert train._resumable_checkpoint(checkpoints, "same", max_epochs=4) is None  # finished: rerun afresh
+    torch.save({RunSignature.KEY: "same", "epoch": 2}, tmp_path / "last.ckpt")
+    assert train._resumable_checkpoint(tmp_path, "same", max_epochs=4) == tmp_path / "last.ckpt"
+    assert train._resumable_checkpoint(tmp_path, "changed parameters", max_epochs=4) is None
+    assert train._resumable_checkpoint(tmp_path, "same", max_epochs=3) is None  # finished: rerun afresh
+    assert train._resumable_checkpoint(tmp_path / "empty", "same", max_epochs=4) is None
 
 
 def train_command(tmp_path, preprocessed_dir, splits, out):
