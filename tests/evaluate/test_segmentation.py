@@ -6,7 +6,17 @@ import pytest
 
 from pipeline.errors import InputDataError
 from pipeline.evaluate import stage
-from pipeline.evaluate.segmentation import dice_per_label, volume_ml
+from pipeline.evaluate.segmentation import (
+    BOTH_EMPTY,
+    BOTH_PRESENT,
+    PREDICTION_EMPTY,
+    REFERENCE_EMPTY,
+    LabelScores,
+    dice_per_label,
+    label_scores,
+    volume_ml,
+)
+from pipeline.evaluate.statistics import summarize
 from pipeline.io import write_volume
 
 
@@ -78,3 +88,88 @@ def test_missing_prediction_and_geometry_mismatch_are_named(tmp_path):
     with pytest.raises(InputDataError, match=r"no prediction for 1 case\(s\): b.nii.gz"):
         stage.run(tmp_path / "labels", tmp_path / "pred", tmp_path / "reports")
     assert not (tmp_path / "reports/metrics.json").exists()
+
+
+def offset_cubes():
+    """A 3-voxel cube and the same cube one voxel further along axis 0."""
+    reference = np.zeros((7, 6, 6), np.uint8)
+    reference[1:4, 1:4, 1:4] = 1
+    prediction = np.zeros_like(reference)
+    prediction[2:5, 1:4, 1:4] = 1
+    return reference, prediction
+
+
+ANISOTROPIC = (3.0, 1.0, 1.0)
+
+
+def test_hd95_in_millimetres_on_offset_cubes():
+    # Boundary voxels are the 26 of each cube but its centre. From the prediction: the 9 of its
+    # far face are one 3 mm step from the reference's face; its voxel at the reference's centre
+    # is 1 mm (one in-plane step) from the reference boundary; the other 16 lie on it. The 95th
+    # percentile of 16 x 0, 1 x 1, 9 x 3 is 3 mm, and the same holds the other way round.
+    reference, prediction = offset_cubes()
+    assert label_scores(reference, prediction, [1], ANISOTROPIC, 1.0)[1].hd95_mm == pytest.approx(3.0)
+    assert label_scores(reference, prediction, [1], (1.0, 1.0, 1.0), 1.0)[1].hd95_mm == pytest.approx(1.0)
+    # A far stray voxel is the Hausdorff distance (sqrt(9^2 + 2^2 + 2^2) mm) but not the 95th
+    # percentile: it is 1 of 27 distances, above the interpolated position 0.95 * 26 = 24.7.
+    prediction[6, 5, 5] = 1
+    assert label_scores(reference, prediction, [1], ANISOTROPIC, 1.0)[1].hd95_mm == pytest.approx(3.0)
+
+
+def test_nsd_at_a_tolerance_in_millimetres():
+    reference, prediction = offset_cubes()
+    scores = label_scores(reference, prediction, [1], ANISOTROPIC, 4.0)[1]
+    assert (scores.status, scores.nsd) == (BOTH_PRESENT, pytest.approx(1.0))  # 3 mm shift < 4 mm
+    assert label_scores(reference, prediction, [1], ANISOTROPIC, 3.0)[1].nsd == pytest.approx(
+        1.0
+    )  # inclusive
+    # At 2 mm, the 9 far-face voxels of each boundary (distance 3 mm) miss: (26 - 9) * 2 / (26 * 2).
+    assert label_scores(reference, prediction, [1], ANISOTROPIC, 2.0)[1].nsd == pytest.approx(17 / 26)
+    assert label_scores(reference, prediction, [1], ANISOTROPIC, 2.0)[1].dice == pytest.approx(2 * 18 / 54)
+
+
+def test_nsd_tolerance_per_label():
+    cube_reference, cube_prediction = offset_cubes()
+    reference, prediction = 2 * cube_reference, 2 * cube_prediction
+    reference[:, :, 5] = prediction[:, :, 5] = 1  # label 1 agrees exactly
+    scores = label_scores(reference, prediction, [1, 2], ANISOTROPIC, {1: 0.0, 2: 2.0})
+    assert scores[1].nsd == pytest.approx(1.0)
+    assert scores[2].nsd == pytest.approx(17 / 26)
+
+
+def test_absent_structure_conventions_and_their_summary():
+    reference, prediction = offset_cubes()
+    empty = np.zeros_like(reference)
+    cases = [
+        label_scores(reference, prediction, [2], ANISOTROPIC, 1.0)[2],
+        label_scores(reference, empty, [2, 1], ANISOTROPIC, 1.0)[1],
+        label_scores(empty, prediction, [1], ANISOTROPIC, 1.0)[1],
+    ]
+    assert cases == [
+        LabelScores(BOTH_EMPTY, 1.0, 1.0, 0.0),
+        LabelScores(PREDICTION_EMPTY, 0.0, 0.0, None),
+        LabelScores(REFERENCE_EMPTY, 0.0, 0.0, None),
+    ]
+    hd95 = summarize([c.hd95_mm for c in cases], n_resamples=10)
+    assert (hd95["mean"], hd95["n"], hd95["n_excluded"]) == (0.0, 1, 2)
+    assert summarize([c.dice for c in cases], n_resamples=10)["mean"] == pytest.approx(1 / 3)
+
+
+def test_summaries_exclude_and_count_undefined_values():
+    summary = summarize([1.0, None, 3.0, 2.0, None], n_resamples=200, seed=1)
+    assert summary["n"] == 3 and summary["n_excluded"] == 2
+    assert summary["mean"] == pytest.approx(2.0) and summary["median"] == pytest.approx(2.0)
+    assert summary["std"] == pytest.approx(np.sqrt(2 / 3))
+    assert 1.0 <= summary["ci95_low"] <= 2.0 <= summary["ci95_high"] <= 3.0
+    assert summarize([1.0, None, 3.0, 2.0, None], n_resamples=200, seed=1) == summary
+    assert summarize([None, None]) == {
+        "mean": None,
+        "median": None,
+        "std": None,
+        "ci95_low": None,
+        "ci95_high": None,
+        "n": 0,
+        "n_excluded": 2,
+    }
+    constant = summarize([0.5, 0.5, 0.5], n_resamples=50)
+    assert (constant["ci95_low"], constant["ci95_high"]) == (pytest.approx(0.5), pytest.approx(0.5))
