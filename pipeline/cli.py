@@ -83,7 +83,7 @@ def crossval(args: argparse.Namespace) -> None:
     from pipeline import crossval as crossval_stage
 
     metrics = crossval_stage.run(
-        _predictor(args), args.cohort, args.splits, args.fold, args.masks, args.report
+        _params(args).evaluate, _predictor(args), args.cohort, args.splits, args.fold, args.masks, args.report
     )
     cases = f"{metrics['n_cases']} out-of-fold cases"
     print(f"fold {args.fold}: {cases}, {_dice_summary(metrics)}; metrics in {args.report}")
@@ -92,7 +92,7 @@ def crossval(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from pipeline.evaluate import stage
 
-    metrics = stage.run(args.labels, args.predictions, args.out, args.dataset_json)
+    metrics = stage.run(_params(args).evaluate, args.labels, args.predictions, args.out, args.dataset_json)
     print(
         f"{metrics['n_cases']} cases, {_dice_summary(metrics)}; metrics in {Path(args.out) / 'metrics.json'}"
     )

@@ -196,7 +196,11 @@ class PredictParams(Section):
 
 
 class EvaluateParams(Section):
-    pass
+    # Normalised surface Dice: boundary voxels within this distance of the other boundary agree.
+    nsd_tolerance_mm: PositiveFloat = 2.0
+    # 95% confidence intervals: bootstrap over cases.
+    bootstrap_resamples: PositiveInt = 1000
+    seed: int = 0
 
 
 class Params(Section):

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from pipeline.cohort.dataset import load_cohort
+from pipeline.config import EvaluateParams
 from pipeline.errors import ConfigError
 from pipeline.evaluate.stage import evaluate_pairs
 from pipeline.infer.folder import predict_scans
@@ -23,6 +24,7 @@ from pipeline.io import atomic_directory
 
 
 def run(
+    params: EvaluateParams,
     predictor: Predictor,
     cohort_dir: str | Path,
     splits_path: str | Path,
@@ -39,4 +41,4 @@ def run(
     with atomic_directory(masks_dir) as tmp:
         predict_scans(predictor, [case.image for case in cases], tmp)
     pairs = [(case.name, case.label, Path(masks_dir) / case.image.name) for case in cases]
-    return evaluate_pairs(pairs, report_dir, cohort.root / "dataset.json")
+    return evaluate_pairs(params, pairs, report_dir, cohort.root / "dataset.json")

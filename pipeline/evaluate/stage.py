@@ -8,46 +8,59 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import EvaluateParams
 from pipeline.errors import InputDataError
-from pipeline.evaluate.segmentation import dice_per_label, volume_ml
+from pipeline.evaluate.segmentation import label_scores, volume_ml
+from pipeline.evaluate.statistics import summarize
 from pipeline.io import atomic_output, read_volume, write_json
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 # Affines of a prediction and its reference may differ by float round-off, not more.
 AFFINE_TOLERANCE_MM = 1e-3
+# per_case.csv: these columns for each label, suffixed with its name ("dice_organ").
+PER_CASE_COLUMNS = ("status", "dice", "nsd", "hd95_mm", "reference_ml", "predicted_ml")
 
 
 def run(
+    params: EvaluateParams,
     labels_dir: str | Path,
     predictions_dir: str | Path,
     out_dir: str | Path,
     dataset_json: str | Path | None = None,
 ) -> dict:
-    return evaluate_pairs(_match_cases(Path(labels_dir), Path(predictions_dir)), out_dir, dataset_json)
+    pairs = _match_cases(Path(labels_dir), Path(predictions_dir))
+    return evaluate_pairs(params, pairs, out_dir, dataset_json)
 
 
 def evaluate_pairs(
-    pairs: list[tuple[str, Path, Path]], out_dir: str | Path, dataset_json: str | Path | None = None
+    params: EvaluateParams,
+    pairs: list[tuple[str, Path, Path]],
+    out_dir: str | Path,
+    dataset_json: str | Path | None = None,
 ) -> dict:
     """Metrics of (case, reference, prediction) triples, written to ``out_dir``."""
     names = _label_names(dataset_json)
-    rows = [_evaluate_case(name, ref, pred, names) for name, ref, pred in pairs]
-    label_values = sorted({v for row in rows for v in row["dice"]})
-    metrics = {
-        "n_cases": len(rows),
-        "segmentation": {
-            "dice": {
-                _name(names, v): _aggregate(
-                    [row["dice"][v] for row in rows], n_empty=sum(row["reference_ml"][v] == 0 for row in rows)
-                )
-                for v in label_values
-            }
-        },
+    rows = [_evaluate_case(params, name, ref, pred, names) for name, ref, pred in pairs]
+    label_values = sorted({v for row in rows for v in row["scores"]})
+
+    def summary(metric: str, value: int) -> dict:
+        values = [getattr(row["scores"][value], metric) for row in rows]
+        return summarize(values, n_resamples=params.bootstrap_resamples, seed=params.seed)
+
+    segmentation = {
+        metric: {_name(names, v): summary(attribute, v) for v in label_values}
+        for metric, attribute in (("dice", "dice"), ("nsd", "nsd"), ("hd95_mm", "hd95_mm"))
     }
+    # How many cases fell under each convention of segmentation.py, per label.
+    segmentation["cases"] = {
+        _name(names, v): dict(Counter(row["scores"][v].status for row in rows)) for v in label_values
+    }
+    metrics = {"n_cases": len(rows), "segmentation": segmentation}
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", metrics)
     _write_per_case(out_dir / "per_case.csv", rows, label_values, names)
@@ -66,7 +79,9 @@ def _match_cases(labels_dir: Path, predictions_dir: Path) -> list[tuple[str, Pat
     return [(p.name.split(".nii")[0], p, predictions_dir / p.name) for p in references]
 
 
-def _evaluate_case(name: str, reference_path: Path, prediction_path: Path, names: dict[int, str]) -> dict:
+def _evaluate_case(
+    params: EvaluateParams, name: str, reference_path: Path, prediction_path: Path, names: dict[int, str]
+) -> dict:
     reference, prediction = read_volume(reference_path), read_volume(prediction_path)
     if reference.array.shape != prediction.array.shape or not np.allclose(
         reference.affine, prediction.affine, atol=AFFINE_TOLERANCE_MM
@@ -76,20 +91,9 @@ def _evaluate_case(name: str, reference_path: Path, prediction_path: Path, names
     values = sorted(set(names) - {0}) if names else sorted(set(np.unique(ref)) - {0})
     return {
         "case": name,
-        "dice": dice_per_label(ref, pred, values),
+        "scores": label_scores(ref, pred, values, reference.spacing, params.nsd_tolerance_mm),
         "reference_ml": {v: volume_ml(ref == v, reference.spacing) for v in values},
         "predicted_ml": {v: volume_ml(pred == v, reference.spacing) for v in values},
-    }
-
-
-def _aggregate(values: list[float], n_empty: int) -> dict:
-    array = np.array(values)
-    return {
-        "mean": float(array.mean()),
-        "median": float(np.median(array)),
-        "std": float(array.std()),
-        "n_cases": len(values),
-        "n_empty_reference": int(n_empty),
     }
 
 
@@ -97,15 +101,20 @@ def _write_per_case(path: Path, rows: list[dict], label_values: list[int], names
     columns = ["case"]
     for v in label_values:
         label = _name(names, v)
-        columns += [f"dice_{label}", f"reference_ml_{label}", f"predicted_ml_{label}"]
+        columns += [f"{column}_{label}" for column in PER_CASE_COLUMNS]
     with atomic_output(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in rows:
             cells = [row["case"]]
             for v in label_values:
+                scores = row["scores"][v]
+                hd95 = "" if scores.hd95_mm is None else f"{scores.hd95_mm:.2f}"
                 cells += [
-                    f"{row['dice'][v]:.4f}",
+                    scores.status,
+                    f"{scores.dice:.4f}",
+                    f"{scores.nsd:.4f}",
+                    hd95,
                     f"{row['reference_ml'][v]:.3f}",
                     f"{row['predicted_ml'][v]:.3f}",
                 ]
