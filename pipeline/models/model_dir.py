@@ -46,10 +46,6 @@ class ModelDescription:
         )
 
 
-def fold_dir(model_dir: Path, fold: int) -> Path:
-    return Path(model_dir) / f"fold_{fold}"
-
-
 def save_fold(fold_path: Path, description: ModelDescription, network: nn.Module, **extra) -> None:
     """Weights first, then model.json: a fold directory with a model.json is complete."""
     with atomic_output(fold_path / WEIGHTS) as tmp:

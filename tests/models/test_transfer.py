@@ -8,7 +8,7 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.models.callbacks import EncoderFreezing
-from pipeline.models.model_dir import ModelDescription, save_fold
+from pipeline.models.model_dir import ModelDescription, load_state_dict, save_fold
 from pipeline.models.networks import encoder_parameter_names
 from pipeline.models.transfer import initialise_from
 from pipeline.preprocess.plans import ChannelNormalization, Plans
@@ -49,7 +49,7 @@ def test_same_labels_load_every_tensor(source_model):
     report = initialise_from(network, source_model, ORGAN_AND_LESION)
     assert report["not_loaded"] == {} and report["unused_in_source"] == []
     assert len(report["loaded"]) == len(network.state_dict())
-    assert_loaded_from(network, torch.load(source_model / "fold_0/weights.pt"), report["loaded"])
+    assert_loaded_from(network, load_state_dict(source_model / "fold_0/weights.pt"), report["loaded"])
 
 
 def test_another_label_count_reinitialises_the_head_only(source_model):
@@ -63,7 +63,7 @@ def test_another_label_count_reinitialises_the_head_only(source_model):
     assert head and all("segmentation head re-initialised" in why for why in report["not_loaded"].values())
     for name in head:  # kept their fresh initialisation, with two output channels
         torch.testing.assert_close(network.state_dict()[name], fresh[name])
-    assert_loaded_from(network, torch.load(source_model / "fold_0/weights.pt"), report["loaded"])
+    assert_loaded_from(network, load_state_dict(source_model / "fold_0/weights.pt"), report["loaded"])
     assert len(report["loaded"]) + len(head) == len(fresh)
 
 
