@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import Params, load_params, resolve_network
-from pipeline.errors import UserError
+from pipeline.config import EvaluateParams, Params, load_params, resolve_network, validate_section
+from pipeline.errors import ConfigError, UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -28,8 +28,8 @@ def import_cohort(args: argparse.Namespace) -> None:
 
     validation = _params(args).validation
     options = importers.ImportOptions(
-        channel_names=importers.parse_names(args.channels, "--channels"),
-        label_names=importers.parse_names(args.labels, "--labels"),
+        channel_names=_names(args.channels, "--channels"),
+        label_names=_names(args.labels, "--labels"),
         affine_tolerance_mm=validation.affine_tolerance_mm,
         skip_invalid=args.skip_invalid,
     )
@@ -75,7 +75,7 @@ def train(args: argparse.Namespace) -> None:
 def predict(args: argparse.Namespace) -> None:
     from pipeline.infer import folder
 
-    written = folder.run(_predictor(args, args.folds), args.input, args.output)
+    written = folder.run(_predictor(args, args.folds), args.input, args.output, args.save_probabilities)
     print(f"{len(written)} masks written to {args.output}")
 
 
@@ -92,16 +92,53 @@ def crossval(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from pipeline.evaluate import stage
 
-    metrics = stage.run(_params(args).evaluate, args.labels, args.predictions, args.out, args.dataset_json)
-    print(
-        f"{metrics['n_cases']} cases, {_dice_summary(metrics)}; metrics in {Path(args.out) / 'metrics.json'}"
+    metrics = stage.run(
+        _evaluate_params(args),
+        args.labels,
+        args.predictions,
+        args.out,
+        args.dataset_json,
+        args.probabilities,
+        args.images,
     )
+    print(f"{metrics['n_cases']} cases, {_dice_summary(metrics)}; report in {Path(args.out) / 'report.html'}")
+
+
+def _evaluate_params(args: argparse.Namespace):
+    """params.yaml's evaluate section with the command line's options on top."""
+    params = _params(args).evaluate
+    detection = {
+        key: value
+        for key, value in (
+            ("lesion_labels", _names(args.lesion_labels, "--lesion-labels")),
+            ("iou_threshold", args.iou_threshold),
+            ("candidate_threshold", args.candidate_threshold),
+            ("operating_threshold", args.operating_threshold),
+            ("min_candidate_volume_mm3", args.min_candidate_volume_mm3),
+            ("dynamic_threshold", args.dynamic_threshold),
+        )
+        if value is not None
+    }
+    overrides = {"detection": params.detection.model_dump() | detection}
+    if args.nsd_tolerance_mm is not None:
+        overrides["nsd_tolerance_mm"] = args.nsd_tolerance_mm
+    return validate_section(EvaluateParams, params.model_dump() | overrides, "command line")
 
 
 def _dice_summary(metrics: dict) -> str:
-    return "mean Dice " + ", ".join(
-        f"{name} {m['mean']:.3f}" for name, m in metrics["segmentation"]["dice"].items()
+    summary = "mean Dice " + ", ".join(
+        f"{name} {m['mean']:.3f}"
+        for name, m in metrics["segmentation"]["dice"].items()
+        if m["mean"] is not None
     )
+    for label, detection in metrics["detection"].items():
+        cpm, auroc = detection["lesion"]["cpm"]["value"], detection["case"]["auroc"]["value"]
+        summary += f"; {label} CPM {_number(cpm)}, case AUROC {_number(auroc)}"
+    return summary
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
@@ -115,6 +152,16 @@ def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
         sw_batch_size=params.sw_batch_size,
         device=args.device,
     )
+
+
+def _names(text: str | None, option: str) -> list[str] | None:
+    """A comma-separated option's names; None when the option is not given."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"{option}: expected comma-separated names, got {text!r}")
+    return names
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -175,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", required=True, type=Path, help="model directory")
     sub.add_argument("--folds", type=int, nargs="+", help="folds to average (default: every trained fold)")
     sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    sub.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write class probabilities to OUTPUT/probabilities/",
+    )
 
     sub = command("crossval", crossval, "out-of-fold predictions of one trained fold, and their metrics")
     sub.add_argument(
@@ -194,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--predictions", required=True, type=Path)
     sub.add_argument("--out", required=True, type=Path)
     sub.add_argument("--dataset-json", type=Path, help="dataset.json giving the label names")
+    sub.add_argument(
+        "--probabilities", type=Path, help="class probabilities (resseg predict --save-probabilities)"
+    )
+    sub.add_argument("--images", type=Path, help="the scans, for the report's QC pictures")
+    options = sub.add_argument_group("options overriding the evaluate section of the parameter file")
+    options.add_argument("--lesion-labels", help="label names scored as lesions, comma-separated")
+    options.add_argument("--nsd-tolerance-mm", type=float)
+    options.add_argument("--iou-threshold", type=float)
+    options.add_argument("--candidate-threshold", type=float)
+    options.add_argument("--operating-threshold", type=float)
+    options.add_argument("--min-candidate-volume-mm3", type=float)
+    options.add_argument("--dynamic-threshold", action="store_true", default=None)
     return parser
 
 

@@ -17,6 +17,7 @@ from pipeline.errors import ConfigError
 PRESET_DIR = Path("configs/models")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(gt=0, le=1)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Triple = Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
 IntTriple = Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
@@ -195,9 +196,29 @@ class PredictParams(Section):
     sw_batch_size: PositiveInt = 2
 
 
+class DetectionParams(Section):
+    """Lesion detection (pipeline/evaluate/detection.py gives every definition)."""
+
+    # Label names (from dataset.json) scored as lesions; [] scores no detection metric.
+    lesion_labels: list[str] = []
+    # Candidates: components of the lesion probability >= this, each scored by its maximum.
+    candidate_threshold: Probability = 0.1
+    # PI-CAI's dynamic extraction: grow each peak p at dynamic_fraction * p instead.
+    dynamic_threshold: bool = False
+    dynamic_fraction: Probability = 0.4
+    min_candidate_volume_mm3: Annotated[float, Field(ge=0)] = 10.0
+    # A candidate and a reference lesion match when their IoU reaches this.
+    iou_threshold: Probability = 0.1
+    # Sensitivity, precision, F1 and case sensitivity/specificity are reported at this confidence.
+    operating_threshold: Probability = 0.5
+    case_score: Literal["max_candidate", "max_probability"] = "max_candidate"
+
+
 class EvaluateParams(Section):
-    # Normalised surface Dice: boundary voxels within this distance of the other boundary agree.
-    nsd_tolerance_mm: PositiveFloat = 2.0
+    # Normalised surface Dice: boundary voxels within this distance of the other boundary agree;
+    # one tolerance for every label, or one per label name ({organ: 2.0, lesion: 1.0}).
+    nsd_tolerance_mm: PositiveFloat | dict[str, PositiveFloat] = 2.0
+    detection: DetectionParams = DetectionParams()
     # 95% confidence intervals: bootstrap over cases.
     bootstrap_resamples: PositiveInt = 1000
     seed: int = 0
@@ -220,7 +241,7 @@ class Params(Section):
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate the whole parameter file; the first problem found is the error."""
-    return _validate(Params, _read_yaml(Path(path)), source=str(path))
+    return validate_section(Params, _read_yaml(Path(path)), source=str(path))
 
 
 def resolve_network(train: TrainParams, preset_dir: Path = PRESET_DIR) -> NetworkParams:
@@ -232,7 +253,7 @@ def resolve_network(train: TrainParams, preset_dir: Path = PRESET_DIR) -> Networ
             f"train.model: no preset named {train.model!r} in {preset_dir} (available: {available})"
         )
     merged = {**_read_yaml(preset_path), **train.model_overrides}
-    return _validate(NetworkParams, merged, source=f"{preset_path} + train.model_overrides")
+    return validate_section(NetworkParams, merged, source=f"{preset_path} + train.model_overrides")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -249,7 +270,7 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _validate(schema, data: dict, source: str):
+def validate_section(schema, data: dict, source: str):
     # A TypeAdapter validates a Section and a union of Sections (NetworkParams) alike.
     try:
         return TypeAdapter(schema).validate_python(data)

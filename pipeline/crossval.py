@@ -4,9 +4,9 @@ Each trained fold segments the training cases it did not train on (its validatio
 from the raw scans and back in their own geometry, exactly as ``resseg predict`` would; the
 masks are kept for evaluation and scored against the training labels:
 
-    <masks>/<case>.nii.gz       one mask per validation case of the fold
-    <report>/metrics.json       the evaluate stage's metrics over those cases
-    <report>/per_case.csv
+    <masks>/<case>.nii.gz                  one mask per validation case of the fold
+    <masks>/probabilities/<case>.nii.gz    its class probabilities, for the detection metrics
+    <report>/...                           the evaluate stage's outputs over those cases
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 from pipeline.cohort.dataset import load_cohort
 from pipeline.config import EvaluateParams
 from pipeline.errors import ConfigError
-from pipeline.evaluate.stage import evaluate_pairs
-from pipeline.infer.folder import predict_scans
+from pipeline.evaluate.case import CaseFiles
+from pipeline.evaluate.stage import evaluate_cases
+from pipeline.infer.folder import PROBABILITIES_FOLDER, predict_scans
 from pipeline.infer.predictor import Predictor
 from pipeline.io import atomic_directory
 
@@ -39,6 +40,17 @@ def run(
     validation = set(folds[fold]["val"])
     cases = [case for case in cohort.training if case.name in validation]
     with atomic_directory(masks_dir) as tmp:
-        predict_scans(predictor, [case.image for case in cases], tmp)
-    pairs = [(case.name, case.label, Path(masks_dir) / case.image.name) for case in cases]
-    return evaluate_pairs(params, pairs, report_dir, cohort.root / "dataset.json")
+        predict_scans(predictor, [case.image for case in cases], tmp, save_probabilities=True)
+    masks_dir = Path(masks_dir)
+    files = [
+        CaseFiles(
+            name=case.name,
+            reference=case.label,
+            prediction=masks_dir / case.image.name,
+            probabilities=masks_dir / PROBABILITIES_FOLDER / case.image.name,
+            image=case.image,
+        )
+        for case in cases
+    ]
+    title = f"Cross-validation fold {fold}: out-of-fold predictions"
+    return evaluate_cases(params, files, report_dir, cohort.root / "dataset.json", title=title)

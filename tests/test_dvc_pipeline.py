@@ -31,7 +31,7 @@ train:
   max_epochs: 2
   val_every_n_epochs: 1
 predict: {overlap: 0.25}
-evaluate: {}
+evaluate: {detection: {lesion_labels: [lesion]}}
 """
 
 
@@ -68,12 +68,18 @@ def test_repro_then_up_to_date_then_experiment(repo: Path):
         assert f"Running stage '{stage}'" in out
     # Out-of-fold: fold 0 of 2 holds out 3 of the 6 training cases, each segmented and scored.
     validation = json.loads((repo / "data/splits.json").read_text())[0]["val"]
-    assert sorted(p.name for p in (repo / "data/crossval/fold_0").iterdir()) == [
-        f"{n}.nii.gz" for n in validation
-    ]
+    masks = repo / "data/crossval/fold_0"
+    assert sorted(p.name for p in masks.glob("*.nii.gz")) == [f"{n}.nii.gz" for n in validation]
+    assert sorted(p.name for p in (masks / "probabilities").iterdir()) == [f"{n}.nii.gz" for n in validation]
     assert json.loads((repo / "reports/crossval/fold_0/metrics.json").read_text())["n_cases"] == 3
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert set(metrics["segmentation"]["dice"]) == {"organ", "lesion"}
+    assert metrics["detection"]["lesion"]["n_cases"] == 2
+    for curve in ("froc", "lesion_pr", "roc", "case_pr"):
+        assert (repo / f"reports/curves/lesion/{curve}.csv").is_file()
+    assert (repo / "reports/report.html").is_file() and (
+        repo / "reports/crossval/fold_0/report.html"
+    ).is_file()
     assert metrics["n_cases"] == 2
     assert (repo / "models/synthetic/fold_0/weights.pt").is_file()
 
@@ -82,8 +88,11 @@ def test_repro_then_up_to_date_then_experiment(repo: Path):
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     run(["dvc", "exp", "run", "-S", "train.max_epochs=1"], repo)
-    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo))
     assert diff["dvclive/fold_0/metrics.json"]["epoch"] == {"old": 1, "new": 0, "diff": -1}
+    # Segmentation and detection figures of the two runs side by side, as the README shows.
+    for key in ("segmentation.dice.lesion.mean", "detection.lesion.lesion.cpm.value"):
+        assert set(diff["reports/metrics.json"][key]) >= {"old", "new"}
 
 
 @pytest.mark.slow

@@ -281,12 +281,3 @@ def _declared_labels(options: ImportOptions, fmt: str) -> dict[int, str]:
     if not options.label_names:
         raise ConfigError(f"--labels: required for --format {fmt} (names of label values 1, 2, ...)")
     return {0: "background", **{i + 1: name for i, name in enumerate(options.label_names)}}
-
-
-def parse_names(text: str | None, option: str) -> list[str] | None:
-    if text is None:
-        return None
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise ConfigError(f"{option}: expected comma-separated names, got {text!r}")
-    return names

@@ -9,7 +9,8 @@ Conventions:
 
 - Matching: a candidate and a lesion may pair when their IoU (in voxels) is at least
   ``iou_threshold``; among those pairs, ``scipy.optimize.linear_sum_assignment`` picks the
-  one-to-one set of largest total IoU. Matching is done once per case, whatever the confidence
+  one-to-one set with the most pairs and, among those, the largest total IoU (PI-CAI's rule:
+  a detection counts more than a better overlap). Matching is done once per case, whatever the confidence
   threshold (as in PI-CAI's picai_eval): at threshold t a lesion counts as detected when its
   matched candidate has confidence >= t; every unmatched candidate at or above t is a false positive.
 - FROC: one point per distinct candidate confidence t, sensitivity = detected lesions / all
@@ -123,7 +124,8 @@ def reference_lesions(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3
 
 
 def match_lesions(candidates: Candidates, references: Lesions, iou_threshold: float = 0.1) -> CaseDetections:
-    """One-to-one pairs of largest total IoU among those with IoU >= ``iou_threshold``."""
+    """One-to-one pairs among those with IoU >= ``iou_threshold``: the most pairs, then the largest
+    total IoU."""
     if not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if candidates.label_map.shape != references.label_map.shape:
@@ -131,7 +133,8 @@ def match_lesions(candidates: Candidates, references: Lesions, iou_threshold: fl
             f"candidates {candidates.label_map.shape} and lesions {references.label_map.shape} differ"
         )
     iou = _iou_matrix(candidates.label_map, len(candidates), references.label_map, len(references))
-    rows, cols = linear_sum_assignment(np.where(iou >= iou_threshold, iou, 0.0), maximize=True)
+    # Each allowed pair is worth 1 + IoU (IoU <= 1): one more pair outweighs any gain in IoU.
+    rows, cols = linear_sum_assignment(np.where(iou >= iou_threshold, 1.0 + iou, 0.0), maximize=True)
     pairs = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= iou_threshold}
     matched_to = {c: r for r, c in pairs.items()}
     return CaseDetections(
@@ -214,6 +217,16 @@ def lesion_operating_point(cases: Sequence[CaseDetections], threshold: float) ->
         "precision": _ratio(tp, tp + fp, "no candidate at or above the threshold").as_json(),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn, "no reference lesion and no candidate").as_json(),
     }
+
+
+def case_score(case: CaseDetections, kind: CaseScore = "max_candidate") -> float:
+    """How likely the case holds a lesion: its highest candidate confidence (0 without candidates)
+    or, for ``"max_probability"``, its highest lesion probability anywhere."""
+    if kind == "max_candidate":
+        return max(case.confidences, default=0.0)
+    if kind == "max_probability":
+        return case.max_probability
+    raise ValueError(f"case_score must be 'max_candidate' or 'max_probability', got {kind!r}")
 
 
 def case_auroc(cases: Sequence[CaseDetections], case_score: CaseScore = "max_candidate") -> Estimate:
@@ -374,17 +387,9 @@ def _ranked_counts(cases: Sequence[CaseDetections]) -> tuple[np.ndarray, np.ndar
     return confidences[last_of_tie], tp[last_of_tie], fp[last_of_tie]
 
 
-def _case_labels_scores(
-    cases: Sequence[CaseDetections], case_score: CaseScore
-) -> tuple[np.ndarray, np.ndarray]:
+def _case_labels_scores(cases: Sequence[CaseDetections], kind: CaseScore) -> tuple[np.ndarray, np.ndarray]:
     labels = np.array([c.n_references > 0 for c in cases], dtype=bool)
-    if case_score == "max_probability":
-        scores = [c.max_probability for c in cases]
-    elif case_score == "max_candidate":
-        scores = [max(c.confidences, default=0.0) for c in cases]
-    else:
-        raise ValueError(f"case_score must be 'max_candidate' or 'max_probability', got {case_score!r}")
-    return labels, np.array(scores, dtype=float)
+    return labels, np.array([case_score(c, kind) for c in cases], dtype=float)
 
 
 def _one_class_reason(labels: np.ndarray) -> str | None:

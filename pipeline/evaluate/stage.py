@@ -1,29 +1,39 @@
 """The evaluate stage: compare a folder of predicted masks with a folder of reference labels.
 
-Writes ``metrics.json`` (aggregates; schema in the README) and ``per_case.csv`` (one row per
-case). Cases are matched by file name.
+Cases are matched by file name. Writes to the output folder (schemas in the README):
+
+    metrics.json            aggregates: segmentation per label, detection per lesion label
+    per_case.csv            one row per case: every score, volumes, lesion counts, case score
+    curves/<label>/*.csv    FROC, lesion PR, case ROC and case PR of each lesion label (DVC plots)
+    report.html             the tables, the curves and QC pictures of the best, median and worst cases
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import EvaluateParams
-from pipeline.errors import InputDataError
-from pipeline.evaluate.segmentation import label_scores, volume_ml
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.evaluate.case import CaseFiles, CaseResult, evaluate_case
+from pipeline.evaluate.detection import case_score, detection_metrics
+from pipeline.evaluate.report import QCCase, select_qc_cases, write_report
+from pipeline.evaluate.segmentation import BOTH_EMPTY, LabelScores
 from pipeline.evaluate.statistics import summarize
 from pipeline.io import atomic_output, read_volume, write_json
+from pipeline.io.volumes import case_name, volume_ending
 
-NIFTI_ENDINGS = (".nii.gz", ".nii")
-# Affines of a prediction and its reference may differ by float round-off, not more.
-AFFINE_TOLERANCE_MM = 1e-3
-# per_case.csv: these columns for each label, suffixed with its name ("dice_organ").
-PER_CASE_COLUMNS = ("status", "dice", "nsd", "hd95_mm", "reference_ml", "predicted_ml")
+# per_case.csv: these columns for each label, suffixed with its name ("dice_organ") ...
+SEGMENTATION_COLUMNS = ("status", "dice", "nsd", "hd95_mm", "reference_ml", "predicted_ml")
+# ... and these for each lesion label: reference lesions, candidates, those matched and unmatched
+# at the operating threshold, and the case score.
+DETECTION_COLUMNS = ("lesions", "candidates", "detected", "false_positives", "case_score")
+CURVES = ("froc", "lesion_pr", "roc", "case_pr")
 
 
 def run(
@@ -32,93 +42,223 @@ def run(
     predictions_dir: str | Path,
     out_dir: str | Path,
     dataset_json: str | Path | None = None,
+    probabilities_dir: str | Path | None = None,
+    images_dir: str | Path | None = None,
 ) -> dict:
-    pairs = _match_cases(Path(labels_dir), Path(predictions_dir))
-    return evaluate_pairs(params, pairs, out_dir, dataset_json)
+    cases = match_cases(Path(labels_dir), Path(predictions_dir), probabilities_dir, images_dir)
+    return evaluate_cases(
+        params, cases, out_dir, dataset_json, title=f"{predictions_dir} against {labels_dir}"
+    )
 
 
-def evaluate_pairs(
+def match_cases(
+    labels_dir: Path,
+    predictions_dir: Path,
+    probabilities_dir: str | Path | None = None,
+    images_dir: str | Path | None = None,
+) -> list[CaseFiles]:
+    """Every reference label with the prediction of the same file name; its probabilities (same
+    name) and image (same name, or nnU-Net's ``<case>_0000``) when those folders are given."""
+    if not labels_dir.is_dir():
+        raise InputDataError(f"{labels_dir}: not a folder")
+    references = sorted(p for p in labels_dir.iterdir() if volume_ending(p))
+    if not references:
+        raise InputDataError(f"{labels_dir}: no reference label found")
+    for folder, what in ((predictions_dir, "prediction"), (probabilities_dir, "probabilities")):
+        if folder is None:
+            continue
+        missing = [p.name for p in references if not (Path(folder) / p.name).is_file()]
+        if missing:
+            raise InputDataError(f"{folder}: no {what} for {len(missing)} case(s): {', '.join(missing[:5])}")
+    return [
+        CaseFiles(
+            name=case_name(p),
+            reference=p,
+            prediction=predictions_dir / p.name,
+            probabilities=None if probabilities_dir is None else Path(probabilities_dir) / p.name,
+            image=None if images_dir is None else _find_image(Path(images_dir), p),
+        )
+        for p in references
+    ]
+
+
+def evaluate_cases(
     params: EvaluateParams,
-    pairs: list[tuple[str, Path, Path]],
+    cases: list[CaseFiles],
     out_dir: str | Path,
     dataset_json: str | Path | None = None,
+    title: str = "evaluation",
 ) -> dict:
-    """Metrics of (case, reference, prediction) triples, written to ``out_dir``."""
+    """Evaluate ``cases`` and write every output of the stage to ``out_dir``; returns metrics.json."""
     names = _label_names(dataset_json)
-    rows = [_evaluate_case(params, name, ref, pred, names) for name, ref, pred in pairs]
-    label_values = sorted({v for row in rows for v in row["scores"]})
+    declared = sorted(v for v in names if v != 0) or None
+    lesion_values = [
+        _label_value("evaluate.detection.lesion_labels", n, names) for n in params.detection.lesion_labels
+    ]
+    tolerance = params.nsd_tolerance_mm
+    if isinstance(tolerance, dict):
+        tolerance = {_label_value("evaluate.nsd_tolerance_mm", n, names): t for n, t in tolerance.items()}
+    results = [evaluate_case(files, declared, tolerance, lesion_values, params.detection) for files in cases]
+    label_values = declared or sorted({v for r in results for v in r.scores})
+    results = [_with_absent_labels(r, label_values) for r in results]
 
-    def summary(metric: str, value: int) -> dict:
-        values = [getattr(row["scores"][value], metric) for row in rows]
-        return summarize(values, n_resamples=params.bootstrap_resamples, seed=params.seed)
+    metrics = {
+        "n_cases": len(results),
+        "segmentation": _segmentation_summary(params, results, label_values, names),
+    }
+    metrics["detection"], curves = {}, {}
+    for value in lesion_values:
+        detection = detection_metrics(
+            [r.detections[value] for r in results],
+            operating_threshold=params.detection.operating_threshold,
+            case_score=params.detection.case_score,
+            n_resamples=params.bootstrap_resamples,
+            seed=params.seed,
+        )
+        curves[_name(names, value)] = detection.pop("curves")
+        metrics["detection"][_name(names, value)] = detection
 
-    segmentation = {
-        metric: {_name(names, v): summary(attribute, v) for v in label_values}
-        for metric, attribute in (("dice", "dice"), ("nsd", "nsd"), ("hd95_mm", "hd95_mm"))
-    }
-    # How many cases fell under each convention of segmentation.py, per label.
-    segmentation["cases"] = {
-        _name(names, v): dict(Counter(row["scores"][v].status for row in rows)) for v in label_values
-    }
-    metrics = {"n_cases": len(rows), "segmentation": segmentation}
     out_dir = Path(out_dir)
+    columns, rows = _per_case_table(params, results, label_values, lesion_values, names)
     write_json(out_dir / "metrics.json", metrics)
-    _write_per_case(out_dir / "per_case.csv", rows, label_values, names)
+    _write_csv(out_dir / "per_case.csv", columns, rows)
+    # The folder is a DVC output, there even when no lesion label is scored.
+    (out_dir / "curves").mkdir(exist_ok=True)
+    for label, label_curves in curves.items():
+        for curve in CURVES:
+            data = label_curves[curve]
+            _write_csv(
+                out_dir / "curves" / label / f"{curve}.csv", list(data), zip(*data.values(), strict=True)
+            )
+    write_report(
+        out_dir / "report.html",
+        title=title,
+        metrics=metrics,
+        label_names={v: _name(names, v) for v in label_values},
+        per_case_columns=columns,
+        per_case_rows=rows,
+        curves=curves,
+        qc_cases=_qc_cases(cases, results, lesion_values or label_values),
+    )
     return metrics
 
 
-def _match_cases(labels_dir: Path, predictions_dir: Path) -> list[tuple[str, Path, Path]]:
-    references = sorted(p for p in labels_dir.iterdir() if p.name.endswith(NIFTI_ENDINGS))
-    if not references:
-        raise InputDataError(f"{labels_dir}: no reference label (.nii, .nii.gz) found")
-    missing = [p.name for p in references if not (predictions_dir / p.name).is_file()]
-    if missing:
-        raise InputDataError(
-            f"{predictions_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}"
-        )
-    return [(p.name.split(".nii")[0], p, predictions_dir / p.name) for p in references]
-
-
-def _evaluate_case(
-    params: EvaluateParams, name: str, reference_path: Path, prediction_path: Path, names: dict[int, str]
+def _segmentation_summary(
+    params: EvaluateParams, results: list[CaseResult], label_values: list[int], names: dict[int, str]
 ) -> dict:
-    reference, prediction = read_volume(reference_path), read_volume(prediction_path)
-    if reference.array.shape != prediction.array.shape or not np.allclose(
-        reference.affine, prediction.affine, atol=AFFINE_TOLERANCE_MM
-    ):
-        raise InputDataError(f"{prediction_path}: geometry differs from its reference {reference_path}")
-    ref, pred = np.asarray(reference.array), np.asarray(prediction.array)
-    values = sorted(set(names) - {0}) if names else sorted(set(np.unique(ref)) - {0})
-    return {
-        "case": name,
-        "scores": label_scores(ref, pred, values, reference.spacing, params.nsd_tolerance_mm),
-        "reference_ml": {v: volume_ml(ref == v, reference.spacing) for v in values},
-        "predicted_ml": {v: volume_ml(pred == v, reference.spacing) for v in values},
+    def summary(metric: str, value: int) -> dict:
+        values = [getattr(r.scores[value], metric) for r in results]
+        return summarize(values, n_resamples=params.bootstrap_resamples, seed=params.seed)
+
+    segmentation = {
+        metric: {_name(names, v): summary(metric, v) for v in label_values}
+        for metric in ("dice", "nsd", "hd95_mm")
     }
+    # How many cases fell under each convention of segmentation.py, per label.
+    segmentation["cases"] = {
+        _name(names, v): dict(Counter(r.scores[v].status for r in results)) for v in label_values
+    }
+    return segmentation
 
 
-def _write_per_case(path: Path, rows: list[dict], label_values: list[int], names: dict[int, str]) -> None:
+def _with_absent_labels(result: CaseResult, label_values: list[int]) -> CaseResult:
+    """Without dataset.json a case is scored on the labels it holds; a label found only in other
+    cases is absent from both of its masks here."""
+    absent = [v for v in label_values if v not in result.scores]
+    if not absent:
+        return result
+    return CaseResult(
+        name=result.name,
+        scores=result.scores | {v: LabelScores(BOTH_EMPTY, 1.0, 1.0, 0.0) for v in absent},
+        reference_ml=result.reference_ml | dict.fromkeys(absent, 0.0),
+        predicted_ml=result.predicted_ml | dict.fromkeys(absent, 0.0),
+        detections=result.detections,
+    )
+
+
+def _per_case_table(
+    params: EvaluateParams,
+    results: list[CaseResult],
+    label_values: list[int],
+    lesion_values: list[int],
+    names: dict[int, str],
+) -> tuple[list[str], list[list[str]]]:
     columns = ["case"]
-    for v in label_values:
-        label = _name(names, v)
-        columns += [f"{column}_{label}" for column in PER_CASE_COLUMNS]
+    columns += [f"{column}_{_name(names, v)}" for v in label_values for column in SEGMENTATION_COLUMNS]
+    columns += [f"{column}_{_name(names, v)}" for v in lesion_values for column in DETECTION_COLUMNS]
+    threshold = params.detection.operating_threshold
+    rows = []
+    for r in results:
+        row = [r.name]
+        for v in label_values:
+            scores = r.scores[v]
+            row += [
+                scores.status,
+                f"{scores.dice:.4f}",
+                f"{scores.nsd:.4f}",
+                "" if scores.hd95_mm is None else f"{scores.hd95_mm:.2f}",
+                f"{r.reference_ml[v]:.3f}",
+                f"{r.predicted_ml[v]:.3f}",
+            ]
+        for v in lesion_values:
+            case = r.detections[v]
+            kept = [c >= threshold for c in case.confidences]
+            detected = sum(c is not None and c >= threshold for c in case.reference_confidences)
+            false_positives = sum(k and not m for k, m in zip(kept, case.matched, strict=True))
+            score = case_score(case, params.detection.case_score)
+            row += [
+                str(case.n_references),
+                str(len(case.confidences)),
+                str(detected),
+                str(false_positives),
+                f"{score:.4f}",
+            ]
+        rows.append(row)
+    return columns, rows
+
+
+def _qc_cases(cases: list[CaseFiles], results: list[CaseResult], focus_values: list[int]) -> list[QCCase]:
+    """The best, median and worst cases by mean Dice over the focus labels (lesion labels when
+    there are any), leaving out labels absent from both masks; none without images."""
+    if not focus_values or any(files.image is None for files in cases):
+        return []
+    scores = {}
+    for r in results:
+        dice = [r.scores[v].dice for v in focus_values if r.scores[v].status != BOTH_EMPTY]
+        scores[r.name] = float(np.mean(dice)) if dice else None
+    files_by_name = {files.name: files for files in cases}
+    qc = []
+    for rank, name in select_qc_cases(scores):
+        files = files_by_name[name]
+        image = read_volume(files.image, max_channels=16)
+        qc.append(
+            QCCase(
+                case=name,
+                rank=rank,
+                score_text=f"mean Dice {scores[name]:.3f}",
+                image=image.array if image.array.ndim == 3 else image.array[..., 0],
+                reference=np.asarray(read_volume(files.reference).array),
+                prediction=np.asarray(read_volume(files.prediction).array),
+                affine=image.affine,
+                focus_label=focus_values[0],
+            )
+        )
+    return qc
+
+
+def _find_image(images_dir: Path, label_path: Path) -> Path:
+    name, ending = case_name(label_path), volume_ending(label_path)
+    for candidate in (images_dir / f"{name}{ending}", images_dir / f"{name}_0000{ending}"):
+        if candidate.is_file():
+            return candidate
+    raise InputDataError(f"{images_dir}: no image for case {name} ({name}{ending} or {name}_0000{ending})")
+
+
+def _write_csv(path: Path, columns: list[str], rows) -> None:
     with atomic_output(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        for row in rows:
-            cells = [row["case"]]
-            for v in label_values:
-                scores = row["scores"][v]
-                hd95 = "" if scores.hd95_mm is None else f"{scores.hd95_mm:.2f}"
-                cells += [
-                    scores.status,
-                    f"{scores.dice:.4f}",
-                    f"{scores.nsd:.4f}",
-                    hd95,
-                    f"{row['reference_ml'][v]:.3f}",
-                    f"{row['predicted_ml'][v]:.3f}",
-                ]
-            writer.writerow(cells)
+        writer.writerows(rows)
 
 
 def _label_names(dataset_json: str | Path | None) -> dict[int, str]:
@@ -128,6 +268,18 @@ def _label_names(dataset_json: str | Path | None) -> dict[int, str]:
         return {int(v): n for v, n in json.loads(Path(dataset_json).read_text())["labels"].items()}
     except (OSError, ValueError, KeyError) as err:
         raise InputDataError(f"{dataset_json}: cannot read label names ({err})") from None
+
+
+def _label_value(parameter: str, name: str, names: dict[int, str]) -> int:
+    """A label given by its name in dataset.json or, without one, as ``label_<value>`` or ``<value>``."""
+    by_name = {n: v for v, n in names.items() if v != 0}
+    if name in by_name:
+        return by_name[name]
+    match = re.fullmatch(r"(?:label_)?(\d+)", name)
+    if match and not names and int(match[1]) > 0:
+        return int(match[1])
+    known = ", ".join(by_name) if names else "label_<value> (no dataset.json given)"
+    raise ConfigError(f"{parameter}: {name!r} is not a label (labels: {known})")
 
 
 def _name(names: dict[int, str], value: int) -> str:

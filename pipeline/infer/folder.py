@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.errors import InputDataError
 from pipeline.infer.predictor import Predictor
-from pipeline.io import read_volume, write_volume
+from pipeline.io import read_volume, write_probabilities, write_volume
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -18,12 +18,20 @@ def find_scans(input_dir: Path) -> list[Path]:
     return scans
 
 
-def run(predictor: Predictor, input_dir: str | Path, output_dir: str | Path) -> list[Path]:
-    return predict_scans(predictor, find_scans(Path(input_dir)), Path(output_dir))
+PROBABILITIES_FOLDER = "probabilities"
 
 
-def predict_scans(predictor: Predictor, scans: list[Path], output_dir: Path) -> list[Path]:
-    """Write ``output_dir/<scan name>`` for each scan; each file appears only when complete."""
+def run(
+    predictor: Predictor, input_dir: str | Path, output_dir: str | Path, save_probabilities: bool = False
+) -> list[Path]:
+    return predict_scans(predictor, find_scans(Path(input_dir)), Path(output_dir), save_probabilities)
+
+
+def predict_scans(
+    predictor: Predictor, scans: list[Path], output_dir: Path, save_probabilities: bool = False
+) -> list[Path]:
+    """Write ``output_dir/<scan name>`` for each scan, and with ``save_probabilities`` its class
+    probabilities to ``output_dir/probabilities/<scan name>``; each file appears only when complete."""
     written = []
     for scan in scans:
         prediction = predictor.predict(scan)
@@ -34,5 +42,9 @@ def predict_scans(predictor: Predictor, scans: list[Path], output_dir: Path) -> 
             raise RuntimeError(f"{scan}: inverse preprocessing did not restore the scan's shape: {shapes}")
         out = output_dir / scan.name
         write_volume(out, prediction.label, reference.affine)
+        if save_probabilities:
+            write_probabilities(
+                output_dir / PROBABILITIES_FOLDER / scan.name, prediction.probabilities, reference.affine
+            )
         written.append(out)
     return written

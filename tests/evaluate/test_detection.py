@@ -102,6 +102,17 @@ def test_assignment_beats_greedy_matching():
     assert case.reference_confidences == (0.9, 0.8)
 
 
+def test_matching_prefers_more_detections_to_more_overlap():
+    # Lesions L1 = [0, 8) and L2 = [9, 10); candidates B = [0, 1) and A = [2, 10).
+    # IoU(A, L1) = 6/10, IoU(A, L2) = 1/8, IoU(B, L1) = 1/8. A-L1 alone has the larger total IoU
+    # (0.6 > 0.25), but A-L2 with B-L1 detects both lesions: PI-CAI's rule takes the two pairs.
+    lesions = reference_lesions(line(12, (0, 8, 1), (9, 10, 1)), (1.0, 1.0, 1.0))
+    candidates = extract_candidates(line(12, (0, 1, 0.7), (2, 10, 0.9)), (1.0, 1.0, 1.0))
+    case = match_lesions(candidates, lesions)
+    assert case.matched == (True, True)
+    assert case.reference_confidences == (0.7, 0.9)
+
+
 def case(
     candidates: list[tuple[float, bool]], n_references: int, max_probability: float = 0.0
 ) -> CaseDetections:

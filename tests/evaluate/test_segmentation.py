@@ -1,12 +1,6 @@
-import csv
-import json
-
 import numpy as np
 import pytest
 
-from pipeline.config import EvaluateParams
-from pipeline.errors import InputDataError
-from pipeline.evaluate import stage
 from pipeline.evaluate.segmentation import (
     BOTH_EMPTY,
     BOTH_PRESENT,
@@ -18,7 +12,6 @@ from pipeline.evaluate.segmentation import (
     volume_ml,
 )
 from pipeline.evaluate.statistics import summarize
-from pipeline.io import write_volume
 
 
 def test_dice_against_hand_computed_values():
@@ -43,66 +36,6 @@ def test_prediction_only_is_zero():
 def test_volume_in_millilitres():
     mask = np.ones((10, 10, 5), bool)
     assert volume_ml(mask, (2.0, 2.0, 4.0)) == pytest.approx(500 * 16 / 1000)
-
-
-def make_pair(root, name, reference, prediction, affine=None, prediction_affine=None):
-    affine = np.eye(4) if affine is None else affine
-    write_volume(root / "labels" / f"{name}.nii.gz", reference, affine)
-    write_volume(
-        root / "pred" / f"{name}.nii.gz",
-        prediction,
-        affine if prediction_affine is None else prediction_affine,
-    )
-
-
-def test_stage_writes_metrics_and_per_case_rows(tmp_path):
-    a_ref = np.zeros((4, 4, 4), np.uint8)
-    a_ref[:2] = 1
-    a_pred = np.zeros_like(a_ref)
-    a_pred[1:3] = 1
-    b = np.zeros((4, 4, 4), np.uint8)
-    b[0, 0, :2] = 1
-    b[3, 3, 3] = 2
-    make_pair(tmp_path, "a", a_ref, a_pred, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
-    make_pair(tmp_path, "b", b, b)
-    dataset = tmp_path / "dataset.json"
-    dataset.write_text(json.dumps({"labels": {"0": "background", "1": "organ", "2": "lesion"}}))
-
-    params = EvaluateParams(nsd_tolerance_mm=1.0, bootstrap_resamples=200)
-    metrics = stage.run(params, tmp_path / "labels", tmp_path / "pred", tmp_path / "reports", dataset)
-    segmentation = metrics["segmentation"]
-    organ, lesion = segmentation["dice"]["organ"], segmentation["dice"]["lesion"]
-    assert metrics["n_cases"] == 2
-    assert organ["mean"] == pytest.approx(0.75) and organ["median"] == pytest.approx(0.75)
-    assert organ["ci95_low"] == pytest.approx(0.5) and organ["ci95_high"] == pytest.approx(1.0)
-    # Case a's lesion is absent from both: Dice 1 by convention, and counted as such.
-    assert lesion["mean"] == 1.0 and lesion["n"] == 2 and lesion["n_excluded"] == 0
-    assert segmentation["cases"] == {
-        "organ": {"both_present": 2},
-        "lesion": {"both_empty": 1, "both_present": 1},
-    }
-    # Slabs one 2-mm voxel apart, every voxel on a boundary: half of each boundary lies 2 mm
-    # from the other (HD95 2 mm), and half within the 1-mm tolerance (NSD 0.5).
-    assert segmentation["hd95_mm"]["organ"]["mean"] == pytest.approx((2.0 + 0.0) / 2)
-    assert segmentation["nsd"]["organ"]["mean"] == pytest.approx((0.5 + 1.0) / 2)
-    assert json.loads((tmp_path / "reports/metrics.json").read_text()) == metrics
-    rows = list(csv.DictReader(open(tmp_path / "reports/per_case.csv")))
-    assert [r["case"] for r in rows] == ["a", "b"]
-    assert rows[0]["status_organ"] == "both_present" and rows[0]["status_lesion"] == "both_empty"
-    assert float(rows[0]["dice_organ"]) == pytest.approx(0.5)
-    assert float(rows[0]["hd95_mm_organ"]) == pytest.approx(2.0)
-    assert float(rows[0]["reference_ml_organ"]) == pytest.approx(32 * 8 / 1000)
-
-
-def test_missing_prediction_and_geometry_mismatch_are_named(tmp_path):
-    mask = np.zeros((4, 4, 4), np.uint8)
-    make_pair(tmp_path, "a", mask, mask, prediction_affine=np.diag([1.0, 1.0, 2.0, 1.0]))
-    with pytest.raises(InputDataError, match="a.nii.gz: geometry differs from its reference"):
-        stage.run(EvaluateParams(), tmp_path / "labels", tmp_path / "pred", tmp_path / "reports")
-    write_volume(tmp_path / "labels/b.nii.gz", mask, np.eye(4))
-    with pytest.raises(InputDataError, match=r"no prediction for 1 case\(s\): b.nii.gz"):
-        stage.run(EvaluateParams(), tmp_path / "labels", tmp_path / "pred", tmp_path / "reports")
-    assert not (tmp_path / "reports/metrics.json").exists()
 
 
 def offset_cubes():

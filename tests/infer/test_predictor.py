@@ -8,7 +8,7 @@ from torch import nn
 from pipeline.evaluate.segmentation import dice_per_label
 from pipeline.infer import folder
 from pipeline.infer.predictor import Predictor
-from pipeline.io import read_volume, write_volume
+from pipeline.io import read_probability, read_volume, write_volume
 from pipeline.models.model_dir import ModelDescription
 from pipeline.preprocess.plans import ChannelNormalization, Plans
 from tests.conftest import TINY_NETWORK
@@ -75,6 +75,19 @@ def test_probabilities_are_a_distribution(tmp_path):
     assert prediction.probabilities.shape == (3, 40, 36, 14)
     np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-4)
     np.testing.assert_array_equal(prediction.label, prediction.probabilities.argmax(0))
+
+
+def test_saved_probabilities_are_the_predicted_ones_on_the_scan_grid(tmp_path):
+    (tmp_path / "in").mkdir()
+    affine = np.diag([-1.3, 1.7, 5.0, 1.0])
+    blob_scan(tmp_path / "in", "scan", affine)
+    predictor = oracle_predictor()
+    folder.run(predictor, tmp_path / "in", tmp_path / "out", save_probabilities=True)
+    expected = predictor.predict(tmp_path / "in/scan.nii.gz").probabilities
+    for label in (0, 2):
+        saved = read_probability(tmp_path / "out/probabilities/scan.nii.gz", label)
+        np.testing.assert_allclose(saved.affine, affine, atol=1e-6)  # the header holds float32
+        np.testing.assert_allclose(saved.array, expected[label], atol=1e-4)
 
 
 def test_empty_folder_is_named(tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputDataError
-from pipeline.io import atomic_output, read_volume, write_volume
+from pipeline.io import atomic_output, read_probability, read_volume, write_probabilities, write_volume
 
 
 def test_round_trip_keeps_values_and_affine(tmp_path):
@@ -40,3 +40,22 @@ def test_unreadable_and_non_3d_files_are_named(tmp_path):
         read_volume(flat)
     with pytest.raises(InputDataError, match="absent.nii.gz: file not found"):
         read_volume(tmp_path / "absent.nii.gz")
+
+
+def test_probabilities_round_trip_per_class(tmp_path):
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((3, 6, 5, 4)).astype(np.float32)
+    probabilities /= probabilities.sum(0)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    write_probabilities(tmp_path / "p.nii.gz", probabilities, affine)
+    assert nib.load(tmp_path / "p.nii.gz").get_data_dtype() == np.uint16  # a quarter of float32
+    for label in range(3):
+        volume = read_probability(tmp_path / "p.nii.gz", label)
+        assert volume.array.dtype == np.float32
+        np.testing.assert_allclose(volume.array, probabilities[label], atol=1e-4)
+        np.testing.assert_allclose(volume.affine, affine, atol=1e-6)  # the header holds float32
+    with pytest.raises(InputDataError, match=r"p.nii.gz: expected class probabilities .* up to label 3"):
+        read_probability(tmp_path / "p.nii.gz", 3)
+    write_volume(tmp_path / "mask.nii.gz", np.zeros((6, 5, 4), np.uint8), affine)
+    with pytest.raises(InputDataError, match=r"mask.nii.gz: expected class probabilities"):
+        read_probability(tmp_path / "mask.nii.gz", 1)
