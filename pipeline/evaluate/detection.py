@@ -12,7 +12,9 @@ Conventions:
   one-to-one set with the most pairs and, among those, the largest total IoU (PI-CAI's rule:
   a detection counts more than a better overlap). Matching is done once per case, whatever the confidence
   threshold (as in PI-CAI's picai_eval): at threshold t a lesion counts as detected when its
-  matched candidate has confidence >= t; every unmatched candidate at or above t is a false positive.
+  matched candidate has confidence >= t; every unmatched candidate at or above t is a false positive
+  (picai_eval's ``allow_unmatched_candidates_with_minimal_overlap=False``; its default instead
+  ignores an unmatched candidate that overlaps a lesion enough).
 - FROC: one point per distinct candidate confidence t, sensitivity = detected lesions / all
   reference lesions, FPs per scan = false positives / number of cases (lesion-free cases included).
 - CPM: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 FPs per scan, where the sensitivity at a
@@ -108,7 +110,13 @@ def extract_candidates(
         )
     else:
         label_map, volumes = _components(probability >= threshold, voxel_mm3, min_volume_mm3)
-        confidences = ndimage.maximum(probability, label_map, index=np.arange(1, len(volumes) + 1))
+        # Over the candidates' voxels only: ndimage.maximum sorts every voxel it is given.
+        inside = label_map > 0
+        confidences = (
+            ndimage.maximum(probability[inside], label_map[inside], index=np.arange(1, len(volumes) + 1))
+            if len(volumes)
+            else []
+        )
     return Candidates(
         label_map,
         tuple(float(v) for v in volumes),
