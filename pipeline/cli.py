@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import EvaluateParams, Params, load_params, resolve_network, validate_section
-from pipeline.errors import ConfigError, UserError
+from pipeline.errors import SOME_SCANS_FAILED, ConfigError, UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -72,18 +72,50 @@ def train(args: argparse.Namespace) -> None:
     print(f"fold {summary['fold']} written to {args.out} ({summary['epochs']} epochs, {score})")
 
 
-def predict(args: argparse.Namespace) -> None:
-    from pipeline.infer import folder
+def predict(args: argparse.Namespace) -> int:
+    from pipeline.infer import batch
 
-    written = folder.run(_predictor(args, args.folds), args.input, args.output, args.save_probabilities)
-    print(f"{len(written)} masks written to {args.output}")
+    options = batch.BatchOptions(
+        output_format=args.format,
+        save_probabilities=args.save_probabilities,
+        dicom_seg=args.dicom_seg,
+        overwrite=args.overwrite,
+        recursive=args.recursive,
+        workers=args.workers,
+        shard=args.shard,
+    )
+    params = _params(args)
+    result = batch.run(
+        _predictor(args, args.folds),
+        batch.model_identity(args.model, args.folds),
+        args.input,
+        args.output,
+        options,
+        params.evaluate.detection,
+    )
+    print(
+        f"{result.n_done} scans segmented, {result.n_skipped} already complete, {len(result.failed)} failed; "
+        f"summary in {Path(args.output) / 'summary.csv'}"
+    )
+    if result.failed:
+        print(f"failed: {', '.join(result.failed[:10])}" + (" ..." if len(result.failed) > 10 else ""))
+        return SOME_SCANS_FAILED
+    return 0
 
 
 def crossval(args: argparse.Namespace) -> None:
     from pipeline import crossval as crossval_stage
+    from pipeline.infer.batch import model_identity
 
     metrics = crossval_stage.run(
-        _params(args).evaluate, _predictor(args), args.cohort, args.splits, args.fold, args.masks, args.report
+        _params(args).evaluate,
+        _predictor(args),
+        model_identity(args.model),
+        args.cohort,
+        args.splits,
+        args.fold,
+        args.masks,
+        args.report,
     )
     cases = f"{metrics['n_cases']} out-of-fold cases"
     print(f"fold {args.fold}: {cases}, {_dice_summary(metrics)}; metrics in {args.report}")
@@ -145,13 +177,23 @@ def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
     from pipeline.infer.predictor import Predictor
 
     params = _params(args).predict
+    overlap, tta = getattr(args, "overlap", None), getattr(args, "tta", None)
     return Predictor.from_model_dir(
         args.model,
         folds=folds,
-        overlap=params.overlap,
+        overlap=params.overlap if overlap is None else overlap,
         sw_batch_size=params.sw_batch_size,
         device=args.device,
+        mirror=params.tta if tta is None else tta,
     )
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``i/n``: the i-th (from 0) of n shards."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected i/n with 0 <= i < n, got {text!r}")
+    return int(index), int(count)
 
 
 def _names(text: str | None, option: str) -> list[str] | None:
@@ -217,16 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--live-dir", default=Path("dvclive"), type=Path, help="DVCLive training curves")
 
     sub = command("predict", predict, "segment every scan in a folder")
-    sub.add_argument("--input", required=True, type=Path)
+    sub.add_argument("--input", required=True, type=Path, help="NIfTI, NRRD, MetaImage files, DICOM series")
     sub.add_argument("--output", required=True, type=Path)
     sub.add_argument("--model", required=True, type=Path, help="model directory")
+    sub.add_argument("--recursive", action="store_true", help="also the subfolders of --input")
     sub.add_argument("--folds", type=int, nargs="+", help="folds to average (default: every trained fold)")
+    sub.add_argument("--tta", action=argparse.BooleanOptionalAction, help="mirroring (default: predict.tta)")
+    sub.add_argument("--overlap", type=float, help="sliding-window overlap (default: predict.overlap)")
     sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     sub.add_argument(
         "--save-probabilities",
         action="store_true",
         help="also write class probabilities to OUTPUT/probabilities/",
     )
+    sub.add_argument(
+        "--dicom-seg", action="store_true", help="DICOM inputs: also a DICOM SEG (<scan>.seg.dcm)"
+    )
+    sub.add_argument(
+        "--format", default="auto", choices=["auto", "nifti", "nrrd", "mha"], help="auto: the input's"
+    )
+    sub.add_argument("--overwrite", action="store_true", help="redo scans whose outputs are complete")
+    sub.add_argument("--workers", type=int, default=1, help="scans read ahead in parallel (default 1)")
+    sub.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: take every n-th scan from the i-th")
 
     sub = command("crossval", crossval, "out-of-fold predictions of one trained fold, and their metrics")
     sub.add_argument(
@@ -264,11 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as err:
         print(f"resseg {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
-    return 0
 
 
 if __name__ == "__main__":

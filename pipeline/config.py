@@ -192,8 +192,11 @@ class TrainParams(Section):
 
 
 class PredictParams(Section):
+    # Sliding windows: the fraction by which neighbours overlap (Gaussian-weighted blending).
     overlap: Annotated[float, Field(ge=0, lt=1)] = 0.5
     sw_batch_size: PositiveInt = 2
+    # Test-time augmentation: average the network over the 8 mirror images of each window (8x slower).
+    tta: bool = False
 
 
 class DetectionParams(Section):

@@ -6,6 +6,7 @@ masks are kept for evaluation and scored against the training labels:
 
     <masks>/<case>.nii.gz                  one mask per validation case of the fold
     <masks>/probabilities/<case>.nii.gz    its class probabilities, for the detection metrics
+    <masks>/summary.csv, run.json          as resseg predict writes them
     <report>/...                           the evaluate stage's outputs over those cases
 """
 
@@ -16,10 +17,12 @@ from pathlib import Path
 
 from pipeline.cohort.dataset import load_cohort
 from pipeline.config import EvaluateParams
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputDataError
 from pipeline.evaluate.case import CaseFiles
 from pipeline.evaluate.stage import evaluate_cases
-from pipeline.infer.folder import PROBABILITIES_FOLDER, predict_scans
+from pipeline.infer import batch
+from pipeline.infer.inputs import Scan
+from pipeline.infer.outputs import PROBABILITIES_FOLDER
 from pipeline.infer.predictor import Predictor
 from pipeline.io import atomic_directory
 
@@ -27,6 +30,7 @@ from pipeline.io import atomic_directory
 def run(
     params: EvaluateParams,
     predictor: Predictor,
+    model: dict,
     cohort_dir: str | Path,
     splits_path: str | Path,
     fold: int,
@@ -39,15 +43,19 @@ def run(
         raise ConfigError(f"--fold: {fold} but {splits_path} has folds 0-{len(folds) - 1}")
     validation = set(folds[fold]["val"])
     cases = [case for case in cohort.training if case.name in validation]
+    scans = [Scan(case.name, (case.image,), ".nii.gz") for case in cases]
+    options = batch.BatchOptions(save_probabilities=True)
     with atomic_directory(masks_dir) as tmp:
-        predict_scans(predictor, [case.image for case in cases], tmp, save_probabilities=True)
+        result = batch.predict_scans(predictor, model, scans, [], cohort.root, tmp, options, params.detection)
+        if result.failed:
+            raise InputDataError(f"{cohort.root}: cases {', '.join(result.failed)} could not be segmented")
     masks_dir = Path(masks_dir)
     files = [
         CaseFiles(
             name=case.name,
             reference=case.label,
-            prediction=masks_dir / case.image.name,
-            probabilities=masks_dir / PROBABILITIES_FOLDER / case.image.name,
+            prediction=masks_dir / f"{case.name}.nii.gz",
+            probabilities=masks_dir / PROBABILITIES_FOLDER / f"{case.name}.nii.gz",
             image=case.image,
         )
         for case in cases

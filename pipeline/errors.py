@@ -21,3 +21,7 @@ class InputDataError(UserError):
     """An input file or folder is missing, unreadable or inconsistent."""
 
     exit_code = 3
+
+
+# Not an exception: a batch command that carried on past failed items ends with this code.
+SOME_SCANS_FAILED = 4

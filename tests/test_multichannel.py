@@ -7,8 +7,8 @@ import pytest
 
 from pipeline import split
 from pipeline.cohort import importers, qc
-from pipeline.config import PreprocessParams, SplitParams, ValidateParams
-from pipeline.infer import folder
+from pipeline.config import DetectionParams, PreprocessParams, SplitParams, ValidateParams
+from pipeline.infer import batch
 from pipeline.infer.predictor import Predictor
 from pipeline.io import read_volume, write_volume
 from pipeline.models import train
@@ -80,7 +80,10 @@ def test_two_channel_mri_end_to_end(tmp_path):
     )
 
     predictor = Predictor.from_model_dir(tmp_path / "model", device="cpu")
-    (written,) = folder.run(predictor, cohort / "imagesTs", tmp_path / "pred")
+    options, model = batch.BatchOptions(), {"sha256": "test"}
+    result = batch.run(predictor, model, cohort / "imagesTs", tmp_path / "pred", options, DetectionParams())
+    assert result.all_succeeded and result.n_done == 1
+    (written,) = (tmp_path / "pred").glob("*.nrrd")
     scan = read_volume(cohort / "imagesTs" / written.name, max_channels=2)
     mask = read_volume(written)
     assert mask.shape == scan.shape and scan.n_channels == 2

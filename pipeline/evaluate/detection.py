@@ -227,9 +227,10 @@ def lesion_operating_point(cases: Sequence[CaseDetections], threshold: float) ->
     }
 
 
-def case_score(case: CaseDetections, kind: CaseScore = "max_candidate") -> float:
+def case_score(case: CaseDetections | Candidates, kind: CaseScore = "max_candidate") -> float:
     """How likely the case holds a lesion: its highest candidate confidence (0 without candidates)
-    or, for ``"max_probability"``, its highest lesion probability anywhere."""
+    or, for ``"max_probability"``, its highest lesion probability anywhere; of a matched case or,
+    before any matching (prediction without a reference), of its candidates."""
     if kind == "max_candidate":
         return max(case.confidences, default=0.0)
     if kind == "max_probability":

@@ -1,20 +1,29 @@
-"""Segment one scan: the model's own preprocessing, sliding windows over every fold, and the
-inverse of the preprocessing back to the scan's voxel grid."""
+"""Segment one scan: the model's own preprocessing, sliding windows over every fold (optionally
+mirrored), and the inverse of the preprocessing back to the scan's voxel grid."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from monai.transforms import Invertd
+from monai.transforms import Compose, Invertd
 from torch import nn
 
+from pipeline.io import Volume
 from pipeline.models.model_dir import ModelDescription, load_description, load_fold_networks
+from pipeline.preprocess.reader import VolumeReader
 from pipeline.preprocess.transforms import build_preprocessing
+
+# The spatial axes of a (batch, channel, x, y, z) window, and every non-empty set of them:
+# nnU-Net's mirroring test-time augmentation averages the network over these 7 flips and none.
+SPATIAL_AXES = (2, 3, 4)
+MIRRORS = [axes for n in (1, 2, 3) for axes in combinations(SPATIAL_AXES, n)]
 
 
 @dataclass(frozen=True)
@@ -37,13 +46,17 @@ class Predictor:
         overlap: float = 0.5,
         sw_batch_size: int = 2,
         device: str = "auto",
+        mirror: bool = False,
     ):
         self.description = description
         self.device = resolve_device(device)
         self.networks = [network.to(self.device).eval() for network in networks]
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
+        self.mirror = mirror
         self.preprocessing = build_preprocessing(description.plans, keys=("image",))
+        # Volumes come in already read (any format, DICOM included): skip the chain's loading step.
+        self.preprocess_loaded = Compose(self.preprocessing.transforms[1:])
         self.inverse = Invertd("probabilities", self.preprocessing, orig_keys="image", nearest_interp=False)
 
     @classmethod
@@ -52,8 +65,10 @@ class Predictor:
         return cls(description, load_fold_networks(Path(model_dir), description, folds), **options)
 
     @torch.no_grad()
-    def predict(self, image_path: str | Path) -> Prediction:
-        data = self.preprocessing({"image": str(image_path)})
+    def predict(self, channels: Volume | Sequence[Volume]) -> Prediction:
+        """Segment a scan given as one volume, or one volume per channel of a multi-channel model."""
+        channels = [channels] if isinstance(channels, Volume) else list(channels)
+        data = self.preprocess_loaded({"image": as_meta_tensor(channels)})
         image = data["image"]
         # The volume stays in host memory; only the windows go to the device.
         batch = image.as_tensor().unsqueeze(0)
@@ -73,10 +88,29 @@ class Predictor:
             batch,
             self.description.patch_size,
             self.sw_batch_size,
-            network,
+            _mirrored(network) if self.mirror else network,
             overlap=self.overlap,
             mode="gaussian",
             sw_device=self.device,
             device="cpu",
         )
         return torch.softmax(logits, dim=1)
+
+
+def _mirrored(network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network's logits averaged over the window and its 7 mirror images (each flipped back)."""
+
+    def forward(windows: torch.Tensor) -> torch.Tensor:
+        logits = network(windows)
+        for axes in MIRRORS:
+            logits += torch.flip(network(torch.flip(windows, axes)), axes)
+        return logits / (len(MIRRORS) + 1)
+
+    return forward
+
+
+def as_meta_tensor(volumes: Sequence[Volume]) -> MetaTensor:
+    """Volumes already in memory (one per channel file, or one) as ``LoadImaged`` loads files,
+    for the chain of ``build_preprocessing`` after its loading step."""
+    array, meta = VolumeReader().get_data(list(volumes))
+    return MetaTensor.ensure_torch_and_prune_meta(array, meta)

@@ -9,6 +9,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+# Temporaries are named ".<name>.tmp-<pid><suffixes>": hidden, and traceable to their writer.
+TEMPORARY_MARK = ".tmp-"
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
@@ -21,7 +24,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffixes = "".join(path.suffixes)
     stem = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
-    tmp = path.with_name(f".{stem}.tmp-{os.getpid()}{suffixes}")
+    tmp = path.with_name(f".{stem}{TEMPORARY_MARK}{os.getpid()}{suffixes}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -39,7 +42,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``path`` only once it is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -48,3 +51,25 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporaries under ``folder`` left by killed processes of this machine (a
+    process killed by SIGKILL cannot clean up after itself)."""
+    for path in Path(folder).rglob(f".*{TEMPORARY_MARK}*"):
+        pid = path.name.split(TEMPORARY_MARK, 1)[1].split(".", 1)[0]
+        if pid.isdigit() and not _is_running(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from pipeline.evaluate.segmentation import dice_per_label
-from pipeline.infer import folder
 from pipeline.infer.predictor import Predictor
-from pipeline.io import read_probability, read_volume, write_volume
+from pipeline.io import read_volume, write_volume
 from pipeline.models.model_dir import ModelDescription
 from pipeline.preprocess.plans import ChannelNormalization, Plans
 from tests.conftest import TINY_NETWORK
@@ -57,41 +56,44 @@ def test_prediction_is_on_the_scan_grid(tmp_path, diagonal):
     affine[:3, 3] = [-30.0, 12.0, 7.0]
     (tmp_path / "in").mkdir()
     label = blob_scan(tmp_path / "in", "scan", affine)
-    written = folder.run(oracle_predictor(), tmp_path / "in", tmp_path / "out")
-    assert written == [tmp_path / "out/scan.nii.gz"]
-    out = read_volume(written[0])
-    assert out.array.shape == label.shape
-    np.testing.assert_array_equal(out.affine, read_volume(tmp_path / "in/scan.nii.gz").affine)
+    prediction = oracle_predictor().predict(read_volume(tmp_path / "in/scan.nii.gz"))
+    assert prediction.label.shape == label.shape
     # Resampling to 2x2x4 mm and back moves only edge voxels; a wrong inversion (a flip or
     # shift left in) would drop these far below.
-    dice = dice_per_label(label, out.array, [1, 2])
+    dice = dice_per_label(label, prediction.label, [1, 2])
     assert dice[1] > 0.9 and dice[2] > 0.85
 
 
 def test_probabilities_are_a_distribution(tmp_path):
     (tmp_path / "in").mkdir()
     blob_scan(tmp_path / "in", "scan", np.diag([2.0, 2.0, 4.0, 1.0]))
-    prediction = oracle_predictor().predict(tmp_path / "in/scan.nii.gz")
+    prediction = oracle_predictor().predict(read_volume(tmp_path / "in/scan.nii.gz"))
     assert prediction.probabilities.shape == (3, 40, 36, 14)
     np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-4)
     np.testing.assert_array_equal(prediction.label, prediction.probabilities.argmax(0))
 
 
-def test_saved_probabilities_are_the_predicted_ones_on_the_scan_grid(tmp_path):
+def test_mirroring_averages_the_windows_and_their_mirror_images(tmp_path):
     (tmp_path / "in").mkdir()
-    affine = np.diag([-1.3, 1.7, 5.0, 1.0])
-    blob_scan(tmp_path / "in", "scan", affine)
-    predictor = oracle_predictor()
-    folder.run(predictor, tmp_path / "in", tmp_path / "out", save_probabilities=True)
-    expected = predictor.predict(tmp_path / "in/scan.nii.gz").probabilities
-    for label in (0, 2):
-        saved = read_probability(tmp_path / "out/probabilities/scan.nii.gz", label)
-        np.testing.assert_allclose(saved.affine, affine, atol=1e-6)  # the header holds float32
-        np.testing.assert_allclose(saved.array, expected[label], atol=1e-4)
+    blob_scan(tmp_path / "in", "scan", np.diag([2.0, 2.0, 4.0, 1.0]))
+    scan = read_volume(tmp_path / "in/scan.nii.gz")
+    description = ModelDescription(TINY_NETWORK, PLANS, patch_size=[32, 32, 16])
+    plain, mirrored = (
+        Predictor(description, [Oracle()], overlap=0.25, device="cpu", mirror=mirror).predict(scan)
+        for mirror in (False, True)
+    )
+    np.testing.assert_allclose(mirrored.probabilities, plain.probabilities, atol=1e-5)
 
+    class Ramped(nn.Module):
+        """The oracle plus a ramp along x on class 1's logit: flipping x negates the ramp."""
 
-def test_empty_folder_is_named(tmp_path):
-    from pipeline.errors import InputDataError
+        def forward(self, x):
+            logits = Oracle()(x)
+            logits[:, 1] += torch.linspace(-30, 30, x.shape[2])[:, None, None]
+            return logits
 
-    with pytest.raises(InputDataError, match=r"no NIfTI scan"):
-        folder.run(oracle_predictor(), tmp_path, tmp_path / "out")
+    ramped = Predictor(description, [Ramped()], overlap=0.25, device="cpu", mirror=False).predict(scan)
+    assert np.abs(ramped.probabilities - plain.probabilities).max() > 0.5
+    # Four of the eight mirror images flip x: the ramps cancel, and the oracle is left.
+    unramped = Predictor(description, [Ramped()], overlap=0.25, device="cpu", mirror=True).predict(scan)
+    np.testing.assert_allclose(unramped.probabilities, plain.probabilities, atol=1e-5)

@@ -1,0 +1,348 @@
+"""``resseg predict``: segment every scan of a folder that nobody curated.
+
+Per scan: read (reader threads prefetch the next scans), predict, write (a writer thread
+overlaps the next scan's prediction), then write the scan's record ``.records/<scan>.json``.
+Each output appears whole under its final name, and the record last, so a scan with an ``ok``
+record has complete outputs: a rerun skips those whose model and options are unchanged, and
+redoes the rest. A scan that fails becomes an ``error`` record with a one-line reason and the
+run goes on.
+
+``summary.csv`` is rebuilt from the records of every scan of the folder at the end of each run,
+so shards (``--shard i/n``, one process each) writing into one folder merge by construction: a
+scan whose shard has not finished yet is ``pending``, and rerunning without ``--shard`` (every
+scan then being complete) writes the merged summary. ``run.json`` identifies the model, the
+options and the software.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import platform
+import sys
+import time
+import traceback
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+import pipeline
+from pipeline.config import DetectionParams
+from pipeline.errors import ConfigError, InputDataError, UserError
+from pipeline.evaluate.detection import case_score, extract_candidates
+from pipeline.evaluate.segmentation import volume_ml
+from pipeline.infer.inputs import Scan, Unusable, find_scans
+from pipeline.infer.outputs import ScanOutputs, scan_outputs, write_outputs
+from pipeline.infer.predictor import Predictor
+from pipeline.io import Volume, atomic_output, write_json
+from pipeline.io.atomic import remove_stale_temporaries
+from pipeline.models.model_dir import MODEL_JSON, WEIGHTS, fold_dirs
+
+RECORDS_FOLDER = ".records"
+FORMAT_ENDINGS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+SOFTWARE = ("torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom", "highdicom")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    output_format: Literal["auto", "nifti", "nrrd", "mha"] = "auto"
+    save_probabilities: bool = False
+    dicom_seg: bool = False
+    overwrite: bool = False
+    recursive: bool = False
+    workers: int = 1  # scans read ahead, each in its own thread
+    shard: tuple[int, int] = (0, 1)  # (i, n): this process takes scans i, i + n, i + 2n ...
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    n_scans: int  # in this shard
+    n_done: int  # segmented by this run
+    n_skipped: int  # complete from an earlier run
+    failed: list[str]  # names of the scans (or unusable inputs) that failed
+
+    @property
+    def all_succeeded(self) -> bool:
+        return not self.failed
+
+
+def run(
+    predictor: Predictor,
+    model: dict,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    options: BatchOptions,
+    detection: DetectionParams,
+) -> BatchResult:
+    """Segment the scans of ``input_dir`` into ``output_dir``; ``model`` identifies the model in
+    run.json and in the records ({"path", "folds", "sha256"})."""
+    input_dir = Path(input_dir)
+    scans, unusable = find_scans(input_dir, predictor.description.plans.n_channels, options.recursive)
+    if not scans and not unusable:
+        raise InputDataError(f"{input_dir}: no scan found (NIfTI, NRRD, MetaImage or DICOM)")
+    return predict_scans(predictor, model, scans, unusable, input_dir, Path(output_dir), options, detection)
+
+
+def predict_scans(
+    predictor: Predictor,
+    model: dict,
+    scans: list[Scan],
+    unusable: list[Unusable],
+    input_root: Path,
+    output_dir: Path,
+    options: BatchOptions,
+    detection: DetectionParams,
+) -> BatchResult:
+    """Segment this shard's share of ``scans`` (inputs named relative to ``input_root``), then
+    write summary.csv over all of them and run.json."""
+    index, count = options.shard
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard: expected i/n with 0 <= i < n, got {index}/{count}")
+    labels = predictor.description.plans.labels
+    lesion_values = _lesion_values(detection, labels)
+    _check_writable(output_dir)
+    signature = _signature(model, predictor, options)
+    mine = scans[index::count]
+    todo = [s for s in mine if options.overwrite or not _is_complete(output_dir, s, options, signature)]
+
+    if count == 1:  # a shard cannot tell another shard's file in progress from a killed run's
+        remove_stale_temporaries(output_dir)
+
+    step = _ScanStep(predictor, input_root, output_dir, options, signature, lesion_values, detection)
+    failed_scans = []
+    with tqdm(total=len(todo), unit="scan", desc="predict", mininterval=1.0, file=sys.stderr) as progress:
+        for scan, ok in step.run_all(todo):
+            failed_scans += [] if ok else [scan.name]
+            progress.set_postfix(failed=len(failed_scans), refresh=False)
+            progress.update()
+    write_summary(output_dir, scans, unusable, labels, lesion_values)
+    write_json(output_dir / "run.json", _run_record(model, predictor, options, detection, len(scans)))
+    failed = sorted([u.name for u in unusable] + failed_scans)
+    return BatchResult(len(mine), len(todo) - len(failed_scans), len(mine) - len(todo), failed)
+
+
+class _ScanStep:
+    """Read, predict and write the scans of one run, reading ahead and writing behind."""
+
+    def __init__(self, predictor, input_root, output_dir, options, signature, lesion_values, detection):
+        self.predictor = predictor
+        self.input_root = input_root
+        self.output_dir = output_dir
+        self.options = options
+        self.signature = signature
+        self.lesion_values = lesion_values
+        self.detection = detection
+
+    def run_all(self, scans: list[Scan]):
+        """Yield (scan, succeeded) in order, as each scan's record is written."""
+        with ThreadPoolExecutor(self.options.workers) as readers, ThreadPoolExecutor(1) as writer:
+            reads = deque(readers.submit(_timed_read, scan) for scan in scans[: self.options.workers])
+            writing: tuple[Scan, Future] | None = None
+            for position, scan in enumerate(scans):
+                read = reads.popleft()
+                if position + self.options.workers < len(scans):
+                    reads.append(readers.submit(_timed_read, scans[position + self.options.workers]))
+                started = time.perf_counter()
+                try:
+                    volumes, read_seconds = read.result()
+                    prediction = self.predictor.predict(volumes)
+                    _check_grid(scan, prediction.label, volumes[0])
+                except Exception as err:  # one bad scan must not stop the others
+                    self._record(scan, _reason(scan, err), time.perf_counter() - started)
+                    yield scan, False
+                    continue
+                if writing is not None:
+                    yield writing[0], writing[1].result()
+                seconds = read_seconds + time.perf_counter() - started
+                writing = (scan, writer.submit(self._write, scan, volumes[0], prediction, seconds))
+            if writing is not None:
+                yield writing[0], writing[1].result()
+
+    def _write(self, scan: Scan, volume: Volume, prediction, seconds: float) -> bool:
+        started = time.perf_counter()
+        outputs = _outputs(self.output_dir, scan, self.options)
+        try:
+            write_outputs(
+                outputs,
+                prediction,
+                volume,
+                scan.series,
+                self.predictor.description.plans.labels,
+                self.lesion_values,
+            )
+        except Exception as err:  # a full or read-only disk fails this scan's writing, not the run
+            self._record(scan, _reason(scan, err), seconds + time.perf_counter() - started)
+            return False
+        report = self._report(volume, prediction)
+        self._record(scan, None, seconds + time.perf_counter() - started, outputs, report)
+        return True
+
+    def _report(self, volume: Volume, prediction) -> dict:
+        """Volumes in ml per label, and the lesion candidates and case score of each lesion label."""
+        labels = self.predictor.description.plans.labels
+        report = {
+            f"volume_ml_{labels[v]}": volume_ml(prediction.label == v, volume.spacing) for v in labels if v
+        }
+        for value in self.lesion_values:
+            candidates = extract_candidates(
+                prediction.probabilities[value],
+                volume.spacing,
+                threshold=self.detection.candidate_threshold,
+                dynamic=self.detection.dynamic_threshold,
+                dynamic_fraction=self.detection.dynamic_fraction,
+                min_volume_mm3=self.detection.min_candidate_volume_mm3,
+            )
+            threshold = self.detection.operating_threshold
+            report[f"lesions_{labels[value]}"] = sum(c >= threshold for c in candidates.confidences)
+            report[f"case_score_{labels[value]}"] = case_score(candidates, self.detection.case_score)
+        return report
+
+    def _record(self, scan, error, seconds, outputs: ScanOutputs | None = None, report: dict | None = None):
+        record = {
+            "scan": scan.name,
+            "status": "error" if error else "ok",
+            "error": error,
+            "seconds": round(seconds, 3),
+            "input": scan.source.relative_to(self.input_root).as_posix(),
+            "output": outputs.mask.relative_to(self.output_dir).as_posix() if outputs else None,
+            "signature": self.signature,
+            **(report or {}),
+        }
+        write_json(_record_path(self.output_dir, scan.name), record)
+
+
+def write_summary(
+    output_dir: Path,
+    scans: list[Scan],
+    unusable: list[Unusable],
+    labels: dict[int, str],
+    lesion_values: list[int],
+) -> None:
+    """summary.csv: one row per scan of the folder, from its record (``pending`` without one),
+    and one ``error`` row per input that is not a scan."""
+    columns = ["scan", "status", "error", "seconds", "input", "output"]
+    columns += [f"volume_ml_{name}" for v, name in labels.items() if v]
+    columns += [f"{kind}_{labels[v]}" for v in lesion_values for kind in ("lesions", "case_score")]
+    rows = []
+    for scan in scans:
+        path = _record_path(output_dir, scan.name)
+        rows.append(
+            json.loads(path.read_text()) if path.is_file() else {"scan": scan.name, "status": "pending"}
+        )
+    rows += [{"scan": u.name, "status": "error", "error": u.reason, "input": u.source.name} for u in unusable]
+    with atomic_output(output_dir / "summary.csv") as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda row: row["scan"]))
+
+
+def model_identity(model_dir: Path, folds: list[int] | None = None) -> dict:
+    """The model as run.json and the records name it; its SHA-256 covers the chosen folds'
+    model.json and weights, so equal hashes mean equal predictions."""
+    digest = hashlib.sha256()
+    for path in fold_dirs(Path(model_dir), folds):
+        for name in (MODEL_JSON, WEIGHTS):
+            digest.update((path / name).read_bytes())
+    return {"path": str(model_dir), "folds": folds, "sha256": digest.hexdigest()}
+
+
+def _timed_read(scan: Scan) -> tuple[list[Volume], float]:
+    started = time.perf_counter()
+    return scan.read(), time.perf_counter() - started
+
+
+def _check_grid(scan: Scan, label: np.ndarray, volume: Volume) -> None:
+    if label.shape != volume.shape:
+        raise RuntimeError(f"{scan.source}: the mask's shape {label.shape} is not the scan's {volume.shape}")
+
+
+def _reason(scan: Scan, err: Exception) -> str:
+    """One line for summary.csv; a bug also prints its traceback, so it can be reported."""
+    if isinstance(err, UserError):
+        return str(err)
+    traceback.print_exception(err, file=sys.stderr)
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{scan.source}: {err.__class__.__name__}: {first_line}".rstrip(": ")
+
+
+def _outputs(output_dir: Path, scan: Scan, options: BatchOptions) -> ScanOutputs:
+    ending = scan.output_ending if options.output_format == "auto" else FORMAT_ENDINGS[options.output_format]
+    return scan_outputs(output_dir, scan, ending, options.save_probabilities, options.dicom_seg)
+
+
+def _is_complete(output_dir: Path, scan: Scan, options: BatchOptions, signature: str) -> bool:
+    path = _record_path(output_dir, scan.name)
+    if not path.is_file():
+        return False
+    record = json.loads(path.read_text())
+    outputs = _outputs(output_dir, scan, options)
+    return (
+        record.get("status") == "ok"
+        and record.get("signature") == signature
+        and all(p.is_file() for p in outputs.paths)
+    )
+
+
+def _record_path(output_dir: Path, name: str) -> Path:
+    return output_dir / RECORDS_FOLDER / f"{name}.json"
+
+
+def _signature(model: dict, predictor: Predictor, options: BatchOptions) -> str:
+    """What makes two runs' outputs of a scan the same: model, sliding-window settings, formats."""
+    parts = (model["sha256"], predictor.overlap, predictor.mirror, options.output_format,
+             options.save_probabilities, options.dicom_seg)  # fmt: skip
+    return "|".join(str(p) for p in parts)
+
+
+def _lesion_values(detection: DetectionParams, labels: dict[int, str]) -> list[int]:
+    by_name = {name: value for value, name in labels.items() if value}
+    unknown = [name for name in detection.lesion_labels if name not in by_name]
+    if unknown:
+        raise ConfigError(
+            f"evaluate.detection.lesion_labels: {unknown} not among the model's labels {list(by_name)}"
+        )
+    return [by_name[name] for name in detection.lesion_labels]
+
+
+def _check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(output_dir / ".write-test") as tmp:
+            tmp.write_bytes(b"")
+        (output_dir / ".write-test").unlink()
+    except OSError as err:
+        raise InputDataError(f"{output_dir}: cannot write the outputs there ({err.strerror})") from None
+
+
+def _run_record(model: dict, predictor: Predictor, options: BatchOptions, detection, n_scans: int) -> dict:
+    """run.json: which model and options made these outputs, with which software."""
+    return {
+        "resseg_version": pipeline.__version__,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model,
+        "n_scans": n_scans,
+        "options": {
+            **asdict(options),
+            "overlap": predictor.overlap,
+            "mirror": predictor.mirror,
+            "sw_batch_size": predictor.sw_batch_size,
+            "device": str(predictor.device),
+        },
+        "detection": detection.model_dump(),
+        "software": {"python": platform.python_version(), **{name: _version(name) for name in SOFTWARE}},
+    }
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,111 @@
+"""What prediction writes for one scan: the mask in the scan's geometry, optionally the class
+probabilities and, for a DICOM series, a DICOM SEG referencing it. Every file is written under a
+temporary name and renamed, so a file that exists is complete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+
+import pipeline
+from pipeline.infer.inputs import Scan
+from pipeline.infer.predictor import Prediction
+from pipeline.io import Volume, write_probabilities, write_volume
+from pipeline.io.atomic import atomic_output
+from pipeline.io.dicom import DicomSeries
+
+PROBABILITIES_FOLDER = "probabilities"
+SEG_ENDING = ".seg.dcm"
+
+
+@dataclass(frozen=True)
+class ScanOutputs:
+    mask: Path
+    probabilities: Path | None = None
+    seg: Path | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p in (self.mask, self.probabilities, self.seg) if p is not None]
+
+
+def scan_outputs(
+    output_dir: Path, scan: Scan, ending: str, probabilities: bool, dicom_seg: bool
+) -> ScanOutputs:
+    """Where one scan's outputs go; a DICOM SEG only for a DICOM series."""
+    return ScanOutputs(
+        mask=output_dir / f"{scan.name}{ending}",
+        probabilities=output_dir / PROBABILITIES_FOLDER / f"{scan.name}.nii.gz" if probabilities else None,
+        seg=output_dir / f"{scan.name}{SEG_ENDING}" if dicom_seg and scan.series is not None else None,
+    )
+
+
+def write_outputs(
+    outputs: ScanOutputs,
+    prediction: Prediction,
+    scan: Volume,
+    series: DicomSeries | None,
+    label_names: dict[int, str],
+    lesion_values: list[int],
+) -> None:
+    write_volume(outputs.mask, prediction.label, scan.affine)
+    if outputs.probabilities is not None:
+        write_probabilities(outputs.probabilities, prediction.probabilities, scan.affine)
+    if outputs.seg is not None:
+        write_dicom_seg(outputs.seg, prediction.label, series, label_names, lesion_values)
+
+
+def write_dicom_seg(
+    path: Path, label: np.ndarray, series: DicomSeries, label_names: dict[int, str], lesion_values: list[int]
+) -> None:
+    """A DICOM SEG over the source series, one segment per foreground label (empty or not).
+
+    highdicom copies from the source what the SEG standard requires (patient, study, frame of
+    reference) and nothing else.
+    """
+    sources = [pydicom.dcmread(f) for f in series.files]
+    foreground = [v for v in sorted(label_names) if v != 0]
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="resseg", version=pipeline.__version__, family=codes.cid7162.ArtificialIntelligence
+    )
+    # The label's name says what it is; the coded property is only the coarse kind of structure.
+    kinds = {
+        True: (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion),
+        False: (codes.SCT.AnatomicalStructure, codes.SCT.Organ),
+    }
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label_names[value],
+            segmented_property_category=kinds[value in lesion_values][0],
+            segmented_property_type=kinds[value in lesion_values][1],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, value in enumerate(foreground, start=1)
+    ]
+    # The series' files are in the order of the volume's third axis; SEG frames are (slice, row,
+    # column), our arrays (column, row, slice).
+    planes = np.stack([label == value for value in foreground], axis=-1).transpose(2, 1, 0, 3)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=planes.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=9000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="resseg",
+        manufacturer_model_name="resseg",
+        software_versions=pipeline.__version__,
+        device_serial_number="0",
+        omit_empty_frames=False,
+    )
+    with atomic_output(path) as tmp:
+        seg.save_as(tmp)
