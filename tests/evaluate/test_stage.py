@@ -159,7 +159,7 @@ def test_detection_metrics_from_probability_maps(tmp_path):
         assert (tmp_path / f"out/curves/lesion/{curve}.csv").is_file()
     assert json.loads((tmp_path / "out/metrics.json").read_text()) == metrics
     # Four curves of the lesion label, then QC pictures of the best (c), median (a) and worst (d) case.
-    report = (tmp_path / "out/report.html").read_text()
+    report = (tmp_path / "out/report.html").read_text(encoding="utf-8")
     assert report.count("data:image/png") == 4 + 3
     assert report.index("best: c") < report.index("median: a") < report.index("worst: d")
 
@@ -176,7 +176,9 @@ def test_without_probabilities_the_mask_components_are_candidates(tmp_path):
     assert metrics["detection"]["lesion"]["n_candidates"] == 4
     rows = list(csv.DictReader(open(tmp_path / "out/per_case.csv")))
     assert [float(r["case_score_lesion"]) for r in rows] == [1.0, 0.0, 1.0, 1.0]
-    assert "data:image/png" in (tmp_path / "out/report.html").read_text()  # curves; no images, no QC
+    assert "data:image/png" in (tmp_path / "out/report.html").read_text(
+        encoding="utf-8"
+    )  # curves; no images, no QC
 
 
 def test_command_line_options_override_the_parameters(tmp_path, monkeypatch, capsys):
