@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except UserError as err:
-        print(f"resseg {args.command}: error: {err}", file=sys.stderr)
+        # One line, whatever a library put into the reason.
+        print(f"resseg {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return err.exit_code
 
 

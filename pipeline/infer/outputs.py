@@ -20,6 +20,16 @@ from pipeline.io.atomic import atomic_output
 from pipeline.io.dicom import DicomSeries
 
 PROBABILITIES_FOLDER = "probabilities"
+# Patient and study attributes that identify someone: those the SEG must carry are emptied, the
+# others removed.
+IDENTIFYING_TYPE_2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+    "ReferringPhysicianName", "StudyDate", "StudyTime", "StudyID",
+)  # fmt: skip
+IDENTIFYING_OPTIONAL = (
+    "PatientAge", "PatientWeight", "PatientSize", "OtherPatientIDs", "InstitutionName",
+    "InstitutionAddress", "StudyDescription", "SeriesDate", "SeriesTime",
+)  # fmt: skip
 SEG_ENDING = ".seg.dcm"
 
 
@@ -66,7 +76,7 @@ def write_dicom_seg(
     """A DICOM SEG over the source series, one segment per foreground label (empty or not).
 
     highdicom copies from the source what the SEG standard requires (patient, study, frame of
-    reference) and nothing else.
+    reference); the patient's identifiers among them are removed.
     """
     sources = [pydicom.dcmread(f) for f in series.files]
     foreground = [v for v in sorted(label_names) if v != 0]
@@ -107,5 +117,18 @@ def write_dicom_seg(
         device_serial_number="0",
         omit_empty_frames=False,
     )
+    _remove_identifiers(seg)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
+
+
+def _remove_identifiers(seg: hd.seg.Segmentation) -> None:
+    """Empty the patient and study identifiers that highdicom copies from the source. The SEG
+    module requires these elements to be present (type 2) but not filled; the UIDs that tie the
+    SEG to its series and study stay, and so do the SEG's own content date and time."""
+    for keyword in IDENTIFYING_TYPE_2:
+        if keyword in seg:
+            seg.data_element(keyword).value = ""
+    for keyword in IDENTIFYING_OPTIONAL:
+        if keyword in seg:
+            delattr(seg, keyword)
