@@ -23,6 +23,9 @@ VOLUME_ENDINGS = NIFTI_ENDINGS + SITK_ENDINGS
 # Detached-header formats (.nhdr, .mhd) name their data file inside the header, so they cannot
 # be written under a temporary name and renamed; we write their single-file siblings only.
 WRITABLE_ENDINGS = NIFTI_ENDINGS + (".nrrd", ".mha")
+# More values than any scan has (2^31: e.g. 1024x1024x2048): a header claiming more is damaged
+# or hostile, and reading it would exhaust memory.
+MAX_VOXELS = 2**31
 # RAS = LPS with x and y negated.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -71,7 +74,7 @@ def read_volume(path: str | Path, max_channels: int = 1) -> Volume:
     if ending is None:
         raise InputDataError(f"{path}: unsupported format (expected one of {', '.join(VOLUME_ENDINGS)})")
     try:
-        volume = _read_nifti(path) if ending in NIFTI_ENDINGS else sitk_to_volume(sitk.ReadImage(str(path)))
+        volume = _read_nifti(path) if ending in NIFTI_ENDINGS else _read_sitk(path)
     except InputDataError:
         raise
     except Exception as err:  # readers raise many types for damaged files
@@ -83,11 +86,31 @@ def read_volume(path: str | Path, max_channels: int = 1) -> Volume:
 
 def _read_nifti(path: Path) -> Volume:
     image = nib.load(path)
+    _check_size(path, image.shape)
     array = np.asanyarray(image.dataobj)
     # NIfTI stores extra channels in the 5th axis for vector data, the 4th for time/channels.
     if array.ndim == 5 and array.shape[3] == 1:
         array = array[:, :, :, 0, :]
     return Volume(array=array, affine=image.affine.astype(np.float64))
+
+
+def _read_sitk(path: Path) -> Volume:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    _check_size(path, (*reader.GetSize(), reader.GetNumberOfComponents()))
+    return sitk_to_volume(reader.Execute())
+
+
+def _check_size(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a header claiming an absurd size before anything is allocated for it."""
+    n_voxels = int(np.prod(shape, dtype=np.float64))
+    if n_voxels > MAX_VOXELS:
+        shape_text = "x".join(str(n) for n in shape)
+        raise InputDataError(
+            f"{path}: the header claims {shape_text} = {n_voxels:.3g} values, more than the "
+            f"{MAX_VOXELS:.3g} a scan may have"
+        )
 
 
 def sitk_to_volume(image: sitk.Image) -> Volume:

@@ -1,3 +1,5 @@
+import gzip
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -59,3 +61,26 @@ def test_probabilities_round_trip_per_class(tmp_path):
     write_volume(tmp_path / "mask.nii.gz", np.zeros((6, 5, 4), np.uint8), affine)
     with pytest.raises(InputDataError, match=r"mask.nii.gz: expected class probabilities"):
         read_probability(tmp_path / "mask.nii.gz", 1)
+
+
+def absurd_header(ending: str) -> bytes:
+    """A header claiming 30000^3 int16 voxels (54 TB), followed by no data."""
+    if ending == ".mha":
+        fields = ("ObjectType = Image", "NDims = 3", "DimSize = 30000 30000 30000", "ElementType = MET_SHORT")
+        return "\n".join([*fields, "ElementDataFile = LOCAL", ""]).encode()
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((30000, 30000, 30000))
+    header["vox_offset"] = 352
+    single_file = header.binaryblock + b"\0" * 4  # 348 header bytes, then no extension
+    return gzip.compress(single_file) if ending == ".nii.gz" else single_file
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mha"])
+def test_a_header_claiming_an_absurd_size_is_refused_before_reading(tmp_path, ending):
+    path = tmp_path / f"huge{ending}"
+    path.write_bytes(absurd_header(ending))
+    with pytest.raises(
+        InputDataError, match=r"huge.*: the header claims 30000x30000x30000(x1)? = 2.7e\+13 values"
+    ):
+        read_volume(path)
