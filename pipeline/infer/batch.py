@@ -189,7 +189,9 @@ class _ScanStep:
         """Volumes in ml per label, and the lesion candidates and case score of each lesion label."""
         labels = self.predictor.description.plans.labels
         report = {
-            f"volume_ml_{labels[v]}": volume_ml(prediction.label == v, volume.spacing) for v in labels if v
+            f"volume_ml_{labels[v]}": round(volume_ml(prediction.label == v, volume.spacing), 4)
+            for v in labels
+            if v
         }
         for value in self.lesion_values:
             candidates = extract_candidates(
@@ -202,7 +204,9 @@ class _ScanStep:
             )
             threshold = self.detection.operating_threshold
             report[f"lesions_{labels[value]}"] = sum(c >= threshold for c in candidates.confidences)
-            report[f"case_score_{labels[value]}"] = case_score(candidates, self.detection.case_score)
+            report[f"case_score_{labels[value]}"] = round(
+                case_score(candidates, self.detection.case_score), 4
+            )
         return report
 
     def _record(self, scan, error, seconds, outputs: ScanOutputs | None = None, report: dict | None = None):
