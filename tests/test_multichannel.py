@@ -83,7 +83,7 @@ def test_two_channel_mri_end_to_end(tmp_path):
     options, model = batch.BatchOptions(), {"sha256": "test"}
     result = batch.run(predictor, model, cohort / "imagesTs", tmp_path / "pred", options, DetectionParams())
     assert result.all_succeeded and result.n_done == 1
-    (written,) = (tmp_path / "pred").glob("*.nrrd")
+    (written,) = (tmp_path / "pred").glob("*.nii.gz")
     scan = read_volume(cohort / "imagesTs" / written.name, max_channels=2)
     mask = read_volume(written)
     assert mask.shape == scan.shape and scan.n_channels == 2

@@ -106,6 +106,8 @@ def predict_scans(
     index, count = options.shard
     if not 0 <= index < count:
         raise ConfigError(f"--shard: expected i/n with 0 <= i < n, got {index}/{count}")
+    if options.workers < 1:
+        raise ConfigError(f"--workers: expected at least 1, got {options.workers}")
     labels = predictor.description.plans.labels
     lesion_values = _lesion_values(detection, labels)
     _check_writable(output_dir)

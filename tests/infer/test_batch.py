@@ -211,6 +211,8 @@ def test_command_line_exit_codes(mixed_folder, random_model, tmp_path, monkeypat
     with pytest.raises(SystemExit) as exit:
         main([*args, "--output", "out2", "--shard", "2/2"])
     assert exit.value.code == 2 and "expected i/n with 0 <= i < n" in capsys.readouterr().err
+    assert main([*args, "--output", "out2", "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "resseg predict: error: --workers: expected at least 1, got 0"
 
 
 @pytest.mark.slow
