@@ -17,7 +17,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.config import DetectionParams
-from pipeline.errors import SOME_SCANS_FAILED
+from pipeline.errors import SOME_SCANS_FAILED, InputDataError
 from pipeline.evaluate.segmentation import dice_per_label
 from pipeline.infer import batch
 from pipeline.infer.inputs import find_scans
@@ -131,6 +131,13 @@ def test_shards_merge_into_one_summary(mixed_folder, tmp_path):
     run_batch(folder, out, shard=(1, 2))
     statuses = {name: row["status"] for name, row in summary_rows(out).items()}
     assert statuses == {"corrupt": "error", "dicom": "ok", "nifti": "ok", "nrrd": "ok"}
+
+
+def test_an_output_folder_that_cannot_be_written_is_named(mixed_folder, tmp_path):
+    folder, _ = mixed_folder
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    with pytest.raises(InputDataError, match=r"taken: cannot write the outputs there \(File exists\)"):
+        run_batch(folder, tmp_path / "taken")
 
 
 def test_oblique_scan_comes_back_in_its_own_orientation(tmp_path):
