@@ -1,0 +1,543 @@
+"""Inference on clinical-size scans: resseg's batch prediction against nnU-Net v2's predictor,
+same scans, same network and weights, same plan, in one run.
+
+    python benchmarks/inference.py [--quick] [--scans 3] [--scale 1.0] [--preset resunet_small]
+
+The scans are resseg's synthetic CT (about 512x512x100 voxels at 0.8x0.8x2.5 mm for --scale 1;
+a body, an organ and lesions), generated once into --work. resseg plans them as its preprocess
+stage would (median spacing, patch size, CT clipping and z-scoring from the cohort's
+foreground) and saves a model directory holding the preset with random weights (timing does
+not depend on them). Then, each in a fresh process:
+
+- resseg: ``pipeline.infer.batch.run`` over the folder of scans, as ``resseg predict`` runs it
+  (one scan read ahead, writing behind; predict.* defaults, no mirroring);
+- nnU-Net: ``nnUNetPredictor`` over the same files (Gaussian blending, no mirroring), given
+  the same network built from the same model directory, and an nnU-Net plan with the same
+  target spacing, patch size, axis order and CT normalisation; tile_step_size = 1 - overlap.
+  Twice: ``predict_from_files`` as nnUNetv2_predict runs it (one process reading and
+  preprocessing ahead, one resampling and writing behind: -npp 1 -nps 1), and
+  ``predict_from_files_sequential`` (everything in one process).
+
+Seconds per scan are the intervals between successive scans' completions (the first counted from
+the start of the batch, after the model is loaded); the network time is the time spent inside
+the network's forward calls (module hooks), and everything else (reading, preprocessing,
+sliding-window blending, resampling back, writing) is the share outside the network. Peak
+memory is the largest summed RSS of the process tree, sampled every 0.1 s. nnU-Net runs from
+its own virtualenv, with MONAI added so that it can build resseg's network (benchmarks/README.md
+shows how); without it, only resseg is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# This tree's own code, wherever the virtualenv's editable install points (nnU-Net's virtualenv
+# has no resseg installed at all).
+sys.path.insert(0, str(ROOT))
+NNUNET_PYTHON = HERE / ".venv-nnunet" / "bin" / "python"
+PRESET_DIR = ROOT / "configs" / "models"
+CONFIGURATION = "3d_fullres"
+# nnU-Net's two ways through a folder: nnUNetv2_predict's (a process reading and preprocessing
+# ahead, another resampling and writing behind), and everything in the calling process.
+NNUNET_MODES = {"pipelined": "nnU-Net v2", "sequential": "nnU-Net v2, sequential"}
+
+
+def main(args: argparse.Namespace) -> None:
+    from preprocess_vs_nnunet import make_cohort
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    cohort = make_cohort(args.work, args.scans, args.scale)
+    scans = link_scans(cohort, args.work / f"scans_{args.scans}_{args.scale:g}")
+    plans = plan(cohort)
+    model_dir = args.work / f"model_{args.preset}_{args.scans}_{args.scale:g}"
+    save_model(model_dir, plans, args.preset)
+    job = {"scans": str(scans), "model": str(model_dir), "overlap": args.overlap}
+    resseg_job = {**job, "sw_batch_size": args.sw_batch_size}
+
+    results = {"resseg": run_tool("resseg", sys.executable, resseg_job, args.work)}
+    if not args.nnunet_python.exists():
+        print(f"nnU-Net not found at {args.nnunet_python}; measuring resseg only", file=sys.stderr)
+    else:
+        nnunet_dir = args.work / "nnunet"
+        write_nnunet_plan(nnunet_dir, plans, model_dir, len(list(scans.iterdir())))
+        files = {"plans": str(nnunet_dir / "plans.json"), "dataset": str(nnunet_dir / "dataset.json")}
+        for mode in args.nnunet_modes:
+            nnunet_job = {**job, **files, "mode": mode}
+            results[NNUNET_MODES[mode]] = run_tool(
+                "nnunet", str(args.nnunet_python), nnunet_job, args.work, mode
+            )
+    print_report(results, plans, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, help="default 3 (--quick: 2)")
+    parser.add_argument(
+        "--scale", type=float, help="linear size factor of every scan; default 1 (--quick: 0.5)"
+    )
+    parser.add_argument("--preset", default="resunet_small", help="network preset in configs/models/")
+    parser.add_argument("--overlap", type=float, help="sliding-window overlap; default predict.overlap")
+    parser.add_argument(
+        "--sw-batch-size", type=int, help="resseg's windows per forward; default predict.sw_batch_size"
+    )
+    parser.add_argument("--quick", action="store_true", help="two half-size scans: a few minutes")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench-inference"))
+    parser.add_argument("--nnunet-python", type=Path, default=NNUNET_PYTHON)
+    parser.add_argument(
+        "--nnunet-modes",
+        nargs="+",
+        choices=list(NNUNET_MODES),
+        default=list(NNUNET_MODES),
+        help="default: both",
+    )
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--child", choices=["resseg", "nnunet"], help=argparse.SUPPRESS)
+    parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return args
+    for key, (quick, full) in {"scans": (2, 3), "scale": (0.5, 1.0)}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    from pipeline.config import PredictParams
+
+    args.overlap = PredictParams().overlap if args.overlap is None else args.overlap
+    args.sw_batch_size = args.sw_batch_size or PredictParams().sw_batch_size
+    return args
+
+
+def link_scans(cohort: Path, folder: Path) -> Path:
+    """The cohort's training images as a folder of scans, named as nnU-Net expects them
+    (``<case>_0000.nii.gz``; resseg drops the suffix of a one-channel model)."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        for image in sorted((cohort / "imagesTr").glob("*.nii.gz")):
+            name = image.name.removesuffix(".nii.gz")
+            (folder / f"{name}_0000.nii.gz").symlink_to(image.resolve())
+    return folder
+
+
+def plan(cohort_dir: Path):
+    """resseg's plan for these scans, as its preprocess stage makes it (the default parameters)."""
+    from pipeline.cohort.dataset import load_cohort
+    from pipeline.config import PreprocessParams
+    from pipeline.preprocess.fingerprint import combine, fingerprint_case
+    from pipeline.preprocess.planner import make_plans
+    from pipeline.preprocess.plans import Plans
+
+    path = cohort_dir / "benchmark_plans.json"
+    if not path.exists():
+        params = PreprocessParams()
+        cohort = load_cohort(cohort_dir)
+        fingerprints = [fingerprint_case(case, 1, seed) for seed, case in enumerate(cohort.training)]
+        fingerprint = combine(fingerprints, tuple(params.clip_percentiles))
+        make_plans(fingerprint, cohort.channel_names, cohort.labels, params).save(path)
+    return Plans.load(path)
+
+
+def save_model(model_dir: Path, plans, preset: str) -> None:
+    """A model directory as training writes it, holding the preset with random weights."""
+    import torch
+
+    from pipeline.config import TrainParams, resolve_network
+    from pipeline.models.model_dir import MODEL_JSON, ModelDescription, save_fold
+
+    fold = model_dir / "fold_0"
+    if (fold / MODEL_JSON).exists():
+        return
+    description = ModelDescription(
+        resolve_network(TrainParams(model=preset), PRESET_DIR), plans, plans.patch_size
+    )
+    torch.manual_seed(0)
+    save_fold(fold, description, description.build().eval(), fold=0)
+
+
+def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> None:
+    """nnU-Net's plans.json and dataset.json for resseg's plan: same target spacing, patch size
+    and CT normalisation; resampling as nnU-Net's own planner sets it for thick slices (third
+    order in-plane, nearest along z; linear for probabilities).
+
+    nnU-Net reads arrays as (z, y, x); its transpose_forward turns them to resseg's (x, y, z), so
+    that the network sees windows of the very same shape. Fed (z, y, x) windows instead, the same
+    network runs up to 1.5x slower per window on a CPU, which has nothing to do with either
+    pipeline.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    spacing = list(plans.target_spacing)
+    patch = list(plans.patch_size)
+    (norm,) = plans.normalization
+    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    configuration = {
+        "data_identifier": f"resseg_{CONFIGURATION}",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": plans.batch_size,
+        "patch_size": patch,
+        "median_image_size_in_voxels": patch,  # unused by inference
+        "spacing": spacing,
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": resampling,
+        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
+        # The network is given to the predictor, built by resseg from the model directory.
+        "architecture": {"network_class_name": str(model_dir), "arch_kwargs": {}, "_kw_requires_import": []},
+        "batch_dice": True,
+    }
+    nnunet_plans = {
+        "dataset_name": "Dataset500_Bench",
+        "plans_name": "resseg",
+        "original_median_spacing_after_transp": spacing,
+        "original_median_shape_after_transp": patch,
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [2, 1, 0],
+        "transpose_backward": [2, 1, 0],
+        "configurations": {CONFIGURATION: configuration},
+        "experiment_planner_used": "benchmarks/inference.py",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {
+                "mean": norm.mean,
+                "std": norm.std,
+                "percentile_00_5": norm.clip_low,
+                "percentile_99_5": norm.clip_high,
+                "min": norm.clip_low,
+                "max": norm.clip_high,
+                "median": norm.mean,
+            }
+        },
+    }
+    dataset = {
+        "channel_names": {"0": plans.channel_names[0]},
+        "labels": {name: value for value, name in plans.labels.items()},
+        "numTraining": n_scans,
+        "file_ending": ".nii.gz",
+    }
+    (folder / "plans.json").write_text(json.dumps(nnunet_plans, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+
+
+def run_tool(tool: str, python: str, job: dict, work: Path, name: str = "resseg") -> dict:
+    """One tool over the scans in a fresh process: its own timings, and its tree's peak memory."""
+    out = work / f"out_{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    job = {**job, "out": str(out), "result": str(work / f"{name}.json"), "log": str(work / f"{name}.log")}
+    job_path = work / f"{name}_job.json"
+    job_path.write_text(json.dumps(job))
+    # nnU-Net's default of 8 torch threads per process (export workers included) is for larger
+    # machines; both tools get one thread per core here.
+    env = {**os.environ, "nnUNet_def_n_proc": str(usable_cpus())}
+    roots = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    env.update({name: str(work / "nnunet" / name) for name in roots})  # unused; set to silence warnings
+    print(
+        f"{name}: predicting {len(list(Path(job['scans']).iterdir()))} scans ...", file=sys.stderr, flush=True
+    )
+    peaks = run_measured(
+        [python, __file__, "--child", tool, "--job", str(job_path)], env, work / f"{name}.stderr"
+    )
+    return {**json.loads(Path(job["result"]).read_text()), **peaks}
+
+
+def run_measured(command: list[str], env: dict, stderr: Path) -> dict:
+    """The peak summed RSS of the process tree, sampled every 0.1 s, as in
+    preprocess_vs_nnunet.run_measured, and its peak summed PSS: pages that several processes
+    of the tree share (libraries, a forked process's copy-on-write pages) count once there,
+    in the RSS sum once per process. Also how many cores other work on the machine kept busy
+    meanwhile, on average: a shared machine slows whichever tool runs at that moment."""
+    import psutil
+    from preprocess_vs_nnunet import tree_rss
+
+    before, started = cpu_seconds(), time.perf_counter()
+    with stderr.open("w") as errors:
+        process = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        peak_rss = peak_pss = 0
+        while process.poll() is None:
+            peak_rss = max(peak_rss, tree_rss(process))
+            peak_pss = max(peak_pss, tree_pss(process))
+            time.sleep(0.1)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr.read_text()[-3000:]}")
+    after, wall = cpu_seconds(), time.perf_counter() - started
+    others = (after["machine"] - before["machine"]) - (after["ours"] - before["ours"])
+    return {"peak_rss_bytes": peak_rss, "peak_pss_bytes": peak_pss, "other_cores": max(others, 0) / wall}
+
+
+def cpu_seconds() -> dict:
+    """Busy CPU seconds of the whole machine, and of this process and its waited-for descendants."""
+    import resource
+
+    import psutil
+
+    times = psutil.cpu_times()
+    ours = sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+    return {"machine": sum(times) - times.idle - getattr(times, "iowait", 0.0), "ours": ours}
+
+
+def tree_pss(process) -> int:
+    import psutil
+
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_full_info().pss
+        except psutil.Error:  # exited between listing and sampling
+            continue
+    return total
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class NetworkTimer:
+    """Seconds spent inside the network's forward calls, and the windows it saw."""
+
+    def __init__(self, network):
+        self.seconds, self.windows, self._started = 0.0, 0, 0.0
+        network.register_forward_pre_hook(self._start)
+        network.register_forward_hook(self._stop)
+
+    def _start(self, module, inputs) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self, module, inputs, output) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.windows += inputs[0].shape[0]
+
+
+class StageTimer:
+    """Summed seconds per named step of resseg's inference, from any thread."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def wrap(self, name: str, function):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[name] += time.perf_counter() - started
+
+        return timed
+
+
+def child(tool: str, job: dict) -> None:
+    """Run one tool in this process and write its timings to job["result"]; the log takes what
+    the tool prints (a pipe left unread could block it)."""
+    with open(job["log"], "w") as log:
+        sys.stdout = sys.stderr = log
+        try:
+            result = resseg_child(job) if tool == "resseg" else nnunet_child(job)
+        except BaseException:
+            traceback.print_exc(file=sys.__stderr__)
+            sys.exit(1)
+    Path(job["result"]).write_text(json.dumps(result))
+
+
+def resseg_child(job: dict) -> dict:
+    from pipeline.config import DetectionParams
+    from pipeline.infer import batch
+    from pipeline.infer.predictor import Predictor
+
+    model, scans, out = Path(job["model"]), Path(job["scans"]), Path(job["out"])
+    predictor = Predictor.from_model_dir(
+        model, overlap=job["overlap"], sw_batch_size=job["sw_batch_size"], device="cpu", mirror=False
+    )
+    (network,) = predictor.networks
+    timer = NetworkTimer(network)
+    stages = StageTimer()
+    # Timers around the steps of batch.py and predictor.py, for the breakdown; they change nothing else.
+    batch._timed_read = stages.wrap("read (reader thread)", batch._timed_read)
+    predictor.predict = stages.wrap("predict", predictor.predict)
+    predictor.preprocess_loaded = stages.wrap("preprocess", predictor.preprocess_loaded)
+    predictor._window_probabilities = stages.wrap("sliding window", predictor._window_probabilities)
+    predictor.inverse = stages.wrap("resample back", predictor.inverse)
+    batch.write_outputs = stages.wrap("write (writer thread)", batch.write_outputs)
+    batch._ScanStep._report = stages.wrap("volumes report (writer thread)", batch._ScanStep._report)
+
+    started_at, started = time.time(), time.perf_counter()
+    result = batch.run(
+        predictor, batch.model_identity(model), scans, out, batch.BatchOptions(), DetectionParams()
+    )
+    wall = time.perf_counter() - started
+    if result.failed:
+        raise RuntimeError(f"resseg failed on {result.failed}; see {out / 'summary.csv'}")
+    # A scan is complete when its record is written, after its outputs.
+    done = [p.stat().st_mtime - started_at for p in (out / batch.RECORDS_FOLDER).glob("*.json")]
+    return summary(wall, done, timer, {"sw_batch_size": predictor.sw_batch_size}, dict(stages.seconds))
+
+
+def nnunet_child(job: dict) -> dict:
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from pipeline.models.model_dir import load_description, load_fold_networks
+
+    model, scans, out = Path(job["model"]), Path(job["scans"]), Path(job["out"])
+    (network,) = load_fold_networks(model, load_description(model))
+    timer = NetworkTimer(network)
+    plans_manager = PlansManager(json.loads(Path(job["plans"]).read_text()))
+    predictor = nnUNetPredictor(
+        tile_step_size=1 - job["overlap"],
+        use_gaussian=True,
+        use_mirroring=False,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    predictor.manual_initialization(
+        network,
+        plans_manager,
+        plans_manager.get_configuration(CONFIGURATION),
+        [network.state_dict()],
+        json.loads(Path(job["dataset"]).read_text()),
+        "nnUNetTrainer",
+        None,
+    )
+    # The files as lists: given a folder, nnU-Net would list it with a pool of 12 forked processes,
+    # whose copy-on-write pages inflate a summed RSS.
+    images = sorted(scans.glob("*_0000.nii.gz"))
+    outputs = [str(out / image.name.removesuffix("_0000.nii.gz")) for image in images]
+    out.mkdir(parents=True)  # the sequential mode expects it
+    started_at, started = time.time(), time.perf_counter()
+    if job["mode"] == "pipelined":
+        predictor.predict_from_files(
+            [[str(image)] for image in images],
+            outputs,
+            num_processes_preprocessing=1,
+            num_processes_segmentation_export=1,
+        )
+    else:
+        predictor.predict_from_files_sequential([[str(image)] for image in images], outputs)
+    wall = time.perf_counter() - started
+    done = [p.stat().st_mtime - started_at for p in out.glob("*.nii.gz")]
+    return summary(wall, done, timer, {"sw_batch_size": 1}, {})
+
+
+def summary(wall: float, done: list[float], timer: NetworkTimer, settings: dict, stages: dict) -> dict:
+    import torch
+
+    done = sorted(done)
+    return {
+        "wall_seconds": wall,
+        "scan_seconds": [b - a for a, b in zip([0.0, *done[:-1]], done, strict=True)],
+        "network_seconds": timer.seconds,
+        "windows": timer.windows,
+        "torch_threads": torch.get_num_threads(),
+        "stages": stages,
+        **settings,
+    }
+
+
+def print_report(results: dict, plans, args: argparse.Namespace) -> None:
+    import platform
+
+    resseg = results["resseg"]
+    n_scans = len(resseg["scan_seconds"])
+    print(
+        f"\n{n_scans} scans at --scale {args.scale:g}; plan: {list(plans.target_spacing)} mm, patch "
+        f"{plans.patch_size}; preset {args.preset}; overlap {args.overlap:g}, Gaussian blending, "
+        f"no mirroring; CPU ({platform.machine()}, {usable_cpus()} cores), "
+        f"torch threads {resseg['torch_threads']}"
+    )
+    print(f"benchmarks/inference.py{' --quick' if args.quick else ''}, {date.today().isoformat()}\n")
+    print(
+        "| tool | s / scan, median (range) | s / scan, mean | network s / scan | outside the network "
+        "| windows / scan | peak RSS, summed (GiB) | peak PSS, summed (GiB) | other load (cores) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for tool, r in results.items():
+        seconds = r["scan_seconds"]
+        print(
+            f"| {tool} | {statistics.median(seconds):.1f} ({min(seconds):.1f}-{max(seconds):.1f}) | "
+            f"{r['wall_seconds'] / n_scans:.1f} | {r['network_seconds'] / n_scans:.1f} | {outside(r):.0%} | "
+            f"{r['windows'] / n_scans:.0f} (batches of {r['sw_batch_size']}) | "
+            f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['peak_pss_bytes'] / 2**30:.2f} | "
+            f"{r['other_cores']:.2f} |"
+        )
+    print("\nresseg's steps (seconds per scan, summed over threads; read and write overlap the main loop):\n")
+    print("| step | s / scan | of the wall time |")
+    print("|---|---:|---:|")
+    for name, seconds in resseg_steps(resseg).items():
+        print(f"| {name} | {seconds / n_scans:.2f} | {seconds / resseg['wall_seconds']:.0%} |")
+    theirs = {tool: r for tool, r in results.items() if tool != "resseg"}
+    if not theirs:
+        return
+    print("\nresseg / nnU-Net:\n")
+    print("| against | s / scan, median | s / scan, mean | network s | peak RSS | peak PSS |")
+    print("|---|---:|---:|---:|---:|---:|")
+    ratios = {}
+    for tool, r in theirs.items():
+        ratios[tool] = {
+            "median": statistics.median(resseg["scan_seconds"]) / statistics.median(r["scan_seconds"]),
+            "mean": resseg["wall_seconds"] / r["wall_seconds"],
+            "network": resseg["network_seconds"] / r["network_seconds"],
+            "rss": resseg["peak_rss_bytes"] / r["peak_rss_bytes"],
+            "pss": resseg["peak_pss_bytes"] / r["peak_pss_bytes"],
+        }
+        print(f"| {tool} | " + " | ".join(f"x{value:.2f}" for value in ratios[tool].values()) + " |")
+    # Each goal against nnU-Net's better mode for that goal, by both measures.
+    speed = max(max(r["median"], r["mean"]) for r in ratios.values())
+    memory = max(max(r["rss"], r["pss"]) for r in ratios.values())
+    print(
+        f"\ngoals: seconds per scan <= 0.5x nnU-Net's: {met(speed <= 0.5)} (x{speed:.2f}); peak memory <= "
+        f"nnU-Net's: {met(memory <= 1)} (x{memory:.2f}); under 25% of resseg's time outside the network: "
+        f"{met(outside(resseg) < 0.25)} ({outside(resseg):.0%})"
+    )
+
+
+def outside(result: dict) -> float:
+    """The share of the batch's wall time not spent inside the network's forward calls."""
+    return 1 - result["network_seconds"] / result["wall_seconds"]
+
+
+def resseg_steps(result: dict) -> dict:
+    stages = dict(result["stages"])
+    predict = stages.pop("predict")
+    window = stages.pop("sliding window")
+    steps = {"read (reader thread)": stages.pop("read (reader thread)")}
+    steps["preprocess"] = stages.pop("preprocess")
+    steps["network"] = result["network_seconds"]
+    steps["sliding-window blending, softmax"] = window - result["network_seconds"]
+    steps["resample back"] = stages.pop("resample back")
+    steps["rest of predict (to MetaTensor, argmax)"] = (
+        predict - window - steps["preprocess"] - steps["resample back"]
+    )
+    return {**steps, **stages}
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.child:
+        child(arguments.child, json.loads(arguments.job.read_text()))
+    else:
+        main(arguments)
