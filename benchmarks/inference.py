@@ -2,6 +2,7 @@
 same scans, same network and weights, same plan, in one run.
 
     python benchmarks/inference.py [--quick] [--scans 3] [--scale 1.0] [--preset resunet_small]
+                                   [--sw-batch-size N] [--nnunet-modes pipelined sequential] [--pss]
 
 The scans are resseg's synthetic CT (about 512x512x100 voxels at 0.8x0.8x2.5 mm for --scale 1;
 a body, an organ and lesions), generated once into --work. resseg plans them as its preprocess
@@ -10,7 +11,8 @@ foreground) and saves a model directory holding the preset with random weights (
 not depend on them). Then, each in a fresh process:
 
 - resseg: ``pipeline.infer.batch.run`` over the folder of scans, as ``resseg predict`` runs it
-  (one scan read ahead, writing behind; predict.* defaults, no mirroring);
+  (one scan read ahead, writing behind; the predict defaults unless --overlap or
+  --sw-batch-size say otherwise; no mirroring);
 - nnU-Net: ``nnUNetPredictor`` over the same files (Gaussian blending, no mirroring), given
   the same network built from the same model directory, and an nnU-Net plan with the same
   target spacing, patch size, axis order and CT normalisation; tile_step_size = 1 - overlap.
@@ -22,9 +24,9 @@ Seconds per scan are the intervals between successive scans' completions (the fi
 the start of the batch, after the model is loaded); the network time is the time spent inside
 the network's forward calls (module hooks), and everything else (reading, preprocessing,
 sliding-window blending, resampling back, writing) is the share outside the network. Peak
-memory is the largest summed RSS of the process tree, sampled every 0.1 s. nnU-Net runs from
-its own virtualenv, with MONAI added so that it can build resseg's network (benchmarks/README.md
-shows how); without it, only resseg is measured.
+memory is the largest summed RSS of the process tree, sampled every 0.1 s (with --pss, its PSS
+too). nnU-Net runs from its own virtualenv, with MONAI added so that it can build resseg's
+network (benchmarks/README.md shows how); without it, only resseg is measured.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def main(args: argparse.Namespace) -> None:
     job = {"scans": str(scans), "model": str(model_dir), "overlap": args.overlap}
     resseg_job = {**job, "sw_batch_size": args.sw_batch_size}
 
-    results = {"resseg": run_tool("resseg", sys.executable, resseg_job, args.work)}
+    results = {"resseg": run_tool("resseg", sys.executable, resseg_job, args.work, args.pss)}
     if not args.nnunet_python.exists():
         print(f"nnU-Net not found at {args.nnunet_python}; measuring resseg only", file=sys.stderr)
     else:
@@ -77,9 +79,8 @@ def main(args: argparse.Namespace) -> None:
         files = {"plans": str(nnunet_dir / "plans.json"), "dataset": str(nnunet_dir / "dataset.json")}
         for mode in args.nnunet_modes:
             nnunet_job = {**job, **files, "mode": mode}
-            results[NNUNET_MODES[mode]] = run_tool(
-                "nnunet", str(args.nnunet_python), nnunet_job, args.work, mode
-            )
+            python = str(args.nnunet_python)
+            results[NNUNET_MODES[mode]] = run_tool("nnunet", python, nnunet_job, args.work, args.pss, mode)
     print_report(results, plans, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -96,7 +97,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sw-batch-size", type=int, help="resseg's windows per forward; default predict.sw_batch_size"
     )
-    parser.add_argument("--quick", action="store_true", help="two half-size scans: a few minutes")
+    parser.add_argument("--quick", action="store_true", help="two half-size scans: about a minute")
     parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench-inference"))
     parser.add_argument("--nnunet-python", type=Path, default=NNUNET_PYTHON)
     parser.add_argument(
@@ -106,6 +107,7 @@ def parse_args() -> argparse.Namespace:
         default=list(NNUNET_MODES),
         help="default: both",
     )
+    parser.add_argument("--pss", action="store_true", help="also the peak PSS (slows the tools: memory only)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--child", choices=["resseg", "nnunet"], help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
@@ -174,9 +176,9 @@ def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> Non
     order in-plane, nearest along z; linear for probabilities).
 
     nnU-Net reads arrays as (z, y, x); its transpose_forward turns them to resseg's (x, y, z), so
-    that the network sees windows of the very same shape. Fed (z, y, x) windows instead, the same
-    network runs up to 1.5x slower per window on a CPU, which has nothing to do with either
-    pipeline.
+    that the network sees windows of the very same shape. Fed (z, y, x) windows one at a time, the
+    same network ran 1.4-1.7x slower per window on the development machine's CPU, which has
+    nothing to do with either pipeline.
     """
     folder.mkdir(parents=True, exist_ok=True)
     spacing = list(plans.target_spacing)
@@ -235,7 +237,7 @@ def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> Non
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
 
 
-def run_tool(tool: str, python: str, job: dict, work: Path, name: str = "resseg") -> dict:
+def run_tool(tool: str, python: str, job: dict, work: Path, pss: bool, name: str = "resseg") -> dict:
     """One tool over the scans in a fresh process: its own timings, and its tree's peak memory."""
     out = work / f"out_{name}"
     shutil.rmtree(out, ignore_errors=True)
@@ -250,28 +252,31 @@ def run_tool(tool: str, python: str, job: dict, work: Path, name: str = "resseg"
     print(
         f"{name}: predicting {len(list(Path(job['scans']).iterdir()))} scans ...", file=sys.stderr, flush=True
     )
-    peaks = run_measured(
-        [python, __file__, "--child", tool, "--job", str(job_path)], env, work / f"{name}.stderr"
-    )
+    command = [python, __file__, "--child", tool, "--job", str(job_path)]
+    peaks = run_measured(command, env, work / f"{name}.stderr", pss)
     return {**json.loads(Path(job["result"]).read_text()), **peaks}
 
 
-def run_measured(command: list[str], env: dict, stderr: Path) -> dict:
+def run_measured(command: list[str], env: dict, stderr: Path, pss: bool) -> dict:
     """The peak summed RSS of the process tree, sampled every 0.1 s, as in
-    preprocess_vs_nnunet.run_measured, and its peak summed PSS: pages that several processes
-    of the tree share (libraries, a forked process's copy-on-write pages) count once there,
-    in the RSS sum once per process. Also how many cores other work on the machine kept busy
-    meanwhile, on average: a shared machine slows whichever tool runs at that moment."""
+    preprocess_vs_nnunet.run_measured; with ``pss``, its peak summed PSS too, where pages that
+    several processes of the tree share (libraries, a forked process's copy-on-write pages)
+    count once, not once per process. Reading a torch process's PSS takes tens of milliseconds
+    of kernel time, which slows the measured tools by some 20%: --pss is for memory only.
+
+    Also how many cores other work on the machine kept busy meanwhile, on average: a shared
+    machine slows whichever tool runs at that moment."""
     import psutil
     from preprocess_vs_nnunet import tree_rss
 
     before, started = cpu_seconds(), time.perf_counter()
     with stderr.open("w") as errors:
         process = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-        peak_rss = peak_pss = 0
+        peak_rss, peak_pss = 0, 0 if pss else None
         while process.poll() is None:
             peak_rss = max(peak_rss, tree_rss(process))
-            peak_pss = max(peak_pss, tree_pss(process))
+            if pss:
+                peak_pss = max(peak_pss, tree_pss(process))
             time.sleep(0.1)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{stderr.read_text()[-3000:]}")
@@ -355,6 +360,8 @@ def child(tool: str, job: dict) -> None:
         except BaseException:
             traceback.print_exc(file=sys.__stderr__)
             sys.exit(1)
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     Path(job["result"]).write_text(json.dumps(result))
 
 
@@ -466,19 +473,20 @@ def print_report(results: dict, plans, args: argparse.Namespace) -> None:
         f"torch threads {resseg['torch_threads']}"
     )
     print(f"benchmarks/inference.py{' --quick' if args.quick else ''}, {date.today().isoformat()}\n")
+    pss = " peak PSS, summed (GiB) |" if args.pss else ""
     print(
         "| tool | s / scan, median (range) | s / scan, mean | network s / scan | outside the network "
-        "| windows / scan | peak RSS, summed (GiB) | peak PSS, summed (GiB) | other load (cores) |"
+        f"| windows / scan | peak RSS, summed (GiB) |{pss} other load (cores) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (2 if args.pss else 1))
     for tool, r in results.items():
         seconds = r["scan_seconds"]
+        pss = f" {r['peak_pss_bytes'] / 2**30:.2f} |" if args.pss else ""
         print(
             f"| {tool} | {statistics.median(seconds):.1f} ({min(seconds):.1f}-{max(seconds):.1f}) | "
             f"{r['wall_seconds'] / n_scans:.1f} | {r['network_seconds'] / n_scans:.1f} | {outside(r):.0%} | "
             f"{r['windows'] / n_scans:.0f} (batches of {r['sw_batch_size']}) | "
-            f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['peak_pss_bytes'] / 2**30:.2f} | "
-            f"{r['other_cores']:.2f} |"
+            f"{r['peak_rss_bytes'] / 2**30:.2f} |{pss} {r['other_cores']:.2f} |"
         )
     print("\nresseg's steps (seconds per scan, summed over threads; read and write overlap the main loop):\n")
     print("| step | s / scan | of the wall time |")
@@ -489,8 +497,8 @@ def print_report(results: dict, plans, args: argparse.Namespace) -> None:
     if not theirs:
         return
     print("\nresseg / nnU-Net:\n")
-    print("| against | s / scan, median | s / scan, mean | network s | peak RSS | peak PSS |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| against | s / scan, median | s / scan, mean | network s | peak RSS |{' peak PSS |' * args.pss}")
+    print("|---|---:|---:|---:|---:|" + "---:|" * args.pss)
     ratios = {}
     for tool, r in theirs.items():
         ratios[tool] = {
@@ -498,12 +506,13 @@ def print_report(results: dict, plans, args: argparse.Namespace) -> None:
             "mean": resseg["wall_seconds"] / r["wall_seconds"],
             "network": resseg["network_seconds"] / r["network_seconds"],
             "rss": resseg["peak_rss_bytes"] / r["peak_rss_bytes"],
-            "pss": resseg["peak_pss_bytes"] / r["peak_pss_bytes"],
         }
+        if args.pss:
+            ratios[tool]["pss"] = resseg["peak_pss_bytes"] / r["peak_pss_bytes"]
         print(f"| {tool} | " + " | ".join(f"x{value:.2f}" for value in ratios[tool].values()) + " |")
-    # Each goal against nnU-Net's better mode for that goal, by both measures.
+    # Each goal against nnU-Net's better mode for that goal, by every measure.
     speed = max(max(r["median"], r["mean"]) for r in ratios.values())
-    memory = max(max(r["rss"], r["pss"]) for r in ratios.values())
+    memory = max(max(r["rss"], r.get("pss", 0)) for r in ratios.values())
     print(
         f"\ngoals: seconds per scan <= 0.5x nnU-Net's: {met(speed <= 0.5)} (x{speed:.2f}); peak memory <= "
         f"nnU-Net's: {met(memory <= 1)} (x{memory:.2f}); under 25% of resseg's time outside the network: "
