@@ -2,7 +2,8 @@
 same scans, same network and weights, same plan, in one run.
 
     python benchmarks/inference.py [--quick] [--scans 3] [--scale 1.0] [--preset resunet_small]
-                                   [--sw-batch-size N] [--nnunet-modes pipelined sequential] [--pss]
+                                   [--sw-batch-size N] [--precision auto fp32]
+                                   [--nnunet-modes pipelined sequential] [--pss]
 
 The scans are resseg's synthetic CT (about 512x512x100 voxels at 0.8x0.8x2.5 mm for --scale 1;
 a body, an organ and lesions), generated once into --work. resseg plans them as its preprocess
@@ -12,13 +13,15 @@ not depend on them). Then, each in a fresh process:
 
 - resseg: ``pipeline.infer.batch.run`` over the folder of scans, as ``resseg predict`` runs it
   (one scan read ahead, writing behind; the predict defaults unless --overlap or
-  --sw-batch-size say otherwise; no mirroring);
+  --sw-batch-size say otherwise; no mirroring), once per --precision of the network's arithmetic
+  (default: auto, which is bfloat16 on CPUs with native bfloat16, and fp32);
 - nnU-Net: ``nnUNetPredictor`` over the same files (Gaussian blending, no mirroring), given
   the same network built from the same model directory, and an nnU-Net plan with the same
   target spacing, patch size, axis order and CT normalisation; tile_step_size = 1 - overlap.
   Twice: ``predict_from_files`` as nnUNetv2_predict runs it (one process reading and
   preprocessing ahead, one resampling and writing behind: -npp 1 -nps 1), and
-  ``predict_from_files_sequential`` (everything in one process).
+  ``predict_from_files_sequential`` (everything in one process). On CPU nnU-Net computes in
+  float32 (it autocasts only on CUDA).
 
 Seconds per scan are the intervals between successive scans' completions (the first counted from
 the start of the batch, after the model is loaded); the network time is the time spent inside
@@ -70,7 +73,11 @@ def main(args: argparse.Namespace) -> None:
     job = {"scans": str(scans), "model": str(model_dir), "overlap": args.overlap}
     resseg_job = {**job, "sw_batch_size": args.sw_batch_size}
 
-    results = {"resseg": run_tool("resseg", sys.executable, resseg_job, args.work, args.pss)}
+    results = {}
+    for precision in args.precision:
+        job = {**resseg_job, "precision": precision}
+        result = run_tool("resseg", sys.executable, job, args.work, args.pss, f"resseg_{precision}")
+        results[f"resseg, {result['precision']}"] = result
     if not args.nnunet_python.exists():
         print(f"nnU-Net not found at {args.nnunet_python}; measuring resseg only", file=sys.stderr)
     else:
@@ -96,6 +103,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--overlap", type=float, help="sliding-window overlap; default predict.overlap")
     parser.add_argument(
         "--sw-batch-size", type=int, help="resseg's windows per forward; default predict.sw_batch_size"
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=["auto", "fp32"],
+        help="resseg's network arithmetic, one run each (default: auto fp32); the first is judged",
     )
     parser.add_argument("--quick", action="store_true", help="two half-size scans: about a minute")
     parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench-inference"))
@@ -372,7 +386,12 @@ def resseg_child(job: dict) -> dict:
 
     model, scans, out = Path(job["model"]), Path(job["scans"]), Path(job["out"])
     predictor = Predictor.from_model_dir(
-        model, overlap=job["overlap"], sw_batch_size=job["sw_batch_size"], device="cpu", mirror=False
+        model,
+        overlap=job["overlap"],
+        sw_batch_size=job["sw_batch_size"],
+        device="cpu",
+        mirror=False,
+        precision=job["precision"],
     )
     (network,) = predictor.networks
     timer = NetworkTimer(network)
@@ -395,7 +414,8 @@ def resseg_child(job: dict) -> dict:
         raise RuntimeError(f"resseg failed on {result.failed}; see {out / 'summary.csv'}")
     # A scan is complete when its record is written, after its outputs.
     done = [p.stat().st_mtime - started_at for p in (out / batch.RECORDS_FOLDER).glob("*.json")]
-    return summary(wall, done, timer, {"sw_batch_size": predictor.sw_batch_size}, dict(stages.seconds))
+    settings = {"sw_batch_size": predictor.sw_batch_size, "precision": predictor.precision}
+    return summary(wall, done, timer, settings, dict(stages.seconds))
 
 
 def nnunet_child(job: dict) -> dict:
@@ -443,7 +463,7 @@ def nnunet_child(job: dict) -> dict:
         predictor.predict_from_files_sequential([[str(image)] for image in images], outputs)
     wall = time.perf_counter() - started
     done = [p.stat().st_mtime - started_at for p in out.glob("*.nii.gz")]
-    return summary(wall, done, timer, {"sw_batch_size": 1}, {})
+    return summary(wall, done, timer, {"sw_batch_size": 1, "precision": "fp32"}, {})
 
 
 def summary(wall: float, done: list[float], timer: NetworkTimer, settings: dict, stages: dict) -> dict:
@@ -464,7 +484,9 @@ def summary(wall: float, done: list[float], timer: NetworkTimer, settings: dict,
 def print_report(results: dict, plans, args: argparse.Namespace) -> None:
     import platform
 
-    resseg = results["resseg"]
+    ours = {tool: r for tool, r in results.items() if tool.startswith("resseg")}
+    theirs = {tool: r for tool, r in results.items() if tool not in ours}
+    resseg = next(iter(ours.values()))  # the first --precision: the one the goals judge
     n_scans = len(resseg["scan_seconds"])
     print(
         f"\n{n_scans} scans at --scale {args.scale:g}; plan: {list(plans.target_spacing)} mm, patch "
@@ -485,36 +507,43 @@ def print_report(results: dict, plans, args: argparse.Namespace) -> None:
         print(
             f"| {tool} | {statistics.median(seconds):.1f} ({min(seconds):.1f}-{max(seconds):.1f}) | "
             f"{r['wall_seconds'] / n_scans:.1f} | {r['network_seconds'] / n_scans:.1f} | {outside(r):.0%} | "
-            f"{r['windows'] / n_scans:.0f} (batches of {r['sw_batch_size']}) | "
+            f"{r['windows'] / n_scans:.0f} (batches of {r['sw_batch_size']}, {r['precision']}) | "
             f"{r['peak_rss_bytes'] / 2**30:.2f} |{pss} {r['other_cores']:.2f} |"
         )
-    print("\nresseg's steps (seconds per scan, summed over threads; read and write overlap the main loop):\n")
-    print("| step | s / scan | of the wall time |")
-    print("|---|---:|---:|")
-    for name, seconds in resseg_steps(resseg).items():
-        print(f"| {name} | {seconds / n_scans:.2f} | {seconds / resseg['wall_seconds']:.0%} |")
-    theirs = {tool: r for tool, r in results.items() if tool != "resseg"}
+    for tool, r in ours.items():
+        print(f"\n{tool}, its steps (s / scan, summed over threads; read and write overlap the rest):\n")
+        print("| step | s / scan | of the wall time |")
+        print("|---|---:|---:|")
+        for name, seconds in resseg_steps(r).items():
+            print(f"| {name} | {seconds / n_scans:.2f} | {seconds / r['wall_seconds']:.0%} |")
     if not theirs:
         return
     print("\nresseg / nnU-Net:\n")
-    print(f"| against | s / scan, median | s / scan, mean | network s | peak RSS |{' peak PSS |' * args.pss}")
-    print("|---|---:|---:|---:|---:|" + "---:|" * args.pss)
-    ratios = {}
-    for tool, r in theirs.items():
-        ratios[tool] = {
-            "median": statistics.median(resseg["scan_seconds"]) / statistics.median(r["scan_seconds"]),
-            "mean": resseg["wall_seconds"] / r["wall_seconds"],
-            "network": resseg["network_seconds"] / r["network_seconds"],
-            "rss": resseg["peak_rss_bytes"] / r["peak_rss_bytes"],
-        }
-        if args.pss:
-            ratios[tool]["pss"] = resseg["peak_pss_bytes"] / r["peak_pss_bytes"]
-        print(f"| {tool} | " + " | ".join(f"x{value:.2f}" for value in ratios[tool].values()) + " |")
-    # Each goal against nnU-Net's better mode for that goal, by every measure.
-    speed = max(max(r["median"], r["mean"]) for r in ratios.values())
-    memory = max(max(r["rss"], r.get("pss", 0)) for r in ratios.values())
     print(
-        f"\ngoals: seconds per scan <= 0.5x nnU-Net's: {met(speed <= 0.5)} (x{speed:.2f}); peak memory <= "
+        "| resseg | against | s / scan, median | s / scan, mean | network s | peak RSS |"
+        + " peak PSS |" * args.pss
+    )
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * args.pss)
+    judged = {}
+    for mine, r_mine in ours.items():
+        for tool, r in theirs.items():
+            ratios = {
+                "median": statistics.median(r_mine["scan_seconds"]) / statistics.median(r["scan_seconds"]),
+                "mean": r_mine["wall_seconds"] / r["wall_seconds"],
+                "network": r_mine["network_seconds"] / r["network_seconds"],
+                "rss": r_mine["peak_rss_bytes"] / r["peak_rss_bytes"],
+            }
+            if args.pss:
+                ratios["pss"] = r_mine["peak_pss_bytes"] / r["peak_pss_bytes"]
+            if r_mine is resseg:
+                judged[tool] = ratios
+            print(f"| {mine} | {tool} | " + " | ".join(f"x{value:.2f}" for value in ratios.values()) + " |")
+    # Each goal against nnU-Net's better mode for that goal, by every measure.
+    speed = max(max(r["median"], r["mean"]) for r in judged.values())
+    memory = max(max(r["rss"], r.get("pss", 0)) for r in judged.values())
+    print(
+        f"\ngoals ({next(iter(ours))}): seconds per scan <= 0.5x nnU-Net's: {met(speed <= 0.5)} "
+        f"(x{speed:.2f}); peak memory <= "
         f"nnU-Net's: {met(memory <= 1)} (x{memory:.2f}); under 25% of resseg's time outside the network: "
         f"{met(outside(resseg) < 0.25)} ({outside(resseg):.0%})"
     )

@@ -178,6 +178,7 @@ def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
 
     params = _params(args).predict
     overlap, tta = getattr(args, "overlap", None), getattr(args, "tta", None)
+    precision = getattr(args, "precision", None)
     return Predictor.from_model_dir(
         args.model,
         folds=folds,
@@ -185,6 +186,7 @@ def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
         sw_batch_size=params.sw_batch_size,
         device=args.device,
         mirror=params.tta if tta is None else tta,
+        precision=params.precision if precision is None else precision,
     )
 
 
@@ -267,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tta", action=argparse.BooleanOptionalAction, help="mirroring (default: predict.tta)")
     sub.add_argument("--overlap", type=float, help="sliding-window overlap (default: predict.overlap)")
     sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    sub.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="the network's arithmetic (default: predict.precision)",
+    )
     sub.add_argument(
         "--save-probabilities",
         action="store_true",

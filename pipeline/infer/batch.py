@@ -303,8 +303,8 @@ def _record_path(output_dir: Path, name: str) -> Path:
 
 def _signature(model: dict, predictor: Predictor, options: BatchOptions) -> str:
     """What makes two runs' outputs of a scan the same: model, sliding-window settings, formats."""
-    parts = (model["sha256"], predictor.overlap, predictor.mirror, options.output_format,
-             options.save_probabilities, options.dicom_seg)  # fmt: skip
+    parts = (model["sha256"], predictor.overlap, predictor.mirror, predictor.precision,
+             options.output_format, options.save_probabilities, options.dicom_seg)  # fmt: skip
     return "|".join(str(p) for p in parts)
 
 
@@ -340,6 +340,7 @@ def _run_record(model: dict, predictor: Predictor, options: BatchOptions, detect
             "overlap": predictor.overlap,
             "mirror": predictor.mirror,
             "sw_batch_size": predictor.sw_batch_size,
+            "precision": predictor.precision,
             "device": str(predictor.device),
         },
         "detection": detection.model_dump(),

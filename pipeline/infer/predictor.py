@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ SPATIAL_AXES = (2, 3, 4)
 MIRRORS = [axes for n in (1, 2, 3) for axes in combinations(SPATIAL_AXES, n)]
 
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: np.ndarray  # uint8, the scan's own voxel grid
@@ -38,15 +43,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16", "fp16"]:
+    """``auto``: the mixed precision the device computes fastest, as nnU-Net autocasts on CUDA;
+    bfloat16 on CPUs with native bfloat16 arithmetic (AVX512-BF16, AMX), float32 on other CPUs."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 class Predictor:
     def __init__(
         self,
         description: ModelDescription,
         networks: list[nn.Module],
         overlap: float = 0.5,
-        sw_batch_size: int = 2,
+        sw_batch_size: int = 1,
         device: str = "auto",
         mirror: bool = False,
+        precision: Precision = "auto",
     ):
         self.description = description
         self.device = resolve_device(device)
@@ -54,6 +70,7 @@ class Predictor:
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
         self.mirror = mirror
+        self.precision = resolve_precision(precision, self.device)
         self.preprocessing = build_preprocessing(description.plans, keys=("image",))
         # Volumes come in already read (any format, DICOM included): skip the chain's loading step.
         self.preprocess_loaded = Compose(self.preprocessing.transforms[1:])
@@ -72,7 +89,9 @@ class Predictor:
         image = data["image"]
         # The volume stays in host memory; only the windows go to the device.
         batch = image.as_tensor().unsqueeze(0)
-        probabilities = sum(self._window_probabilities(net, batch) for net in self.networks)
+        probabilities = self._window_probabilities(self.networks[0], batch)
+        for network in self.networks[1:]:
+            probabilities += self._window_probabilities(network, batch)
         probabilities /= len(self.networks)
         data["probabilities"] = MetaTensor(
             probabilities[0], meta=image.meta, applied_operations=image.applied_operations
@@ -81,14 +100,16 @@ class Predictor:
         restored = self.inverse(data)["probabilities"].as_tensor().float()
         # Undoing the crop to the non-zero box pads with zeros: that border is background.
         restored[0] += (1 - restored.sum(0)).clamp(min=0)
-        return Prediction(label=restored.argmax(0).numpy().astype(np.uint8), probabilities=restored.numpy())
+        # max().indices, not argmax(): the same first maximum, over 10x faster across channels.
+        label = restored.max(0).indices.to(torch.uint8).numpy()
+        return Prediction(label=label, probabilities=restored.numpy())
 
     def _window_probabilities(self, network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         logits = sliding_window_inference(
             batch,
             self.description.patch_size,
             self.sw_batch_size,
-            _mirrored(network) if self.mirror else network,
+            self._window_logits(network),
             overlap=self.overlap,
             mode="gaussian",
             sw_device=self.device,
@@ -96,17 +117,20 @@ class Predictor:
         )
         return torch.softmax(logits, dim=1)
 
+    def _window_logits(self, network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network over a batch of windows, in float32 whatever the precision of its arithmetic
+        (the blended volume accumulates in float32); with mirroring, averaged over the window and
+        its 7 mirror images, each flipped back."""
+        dtype = AUTOCAST_DTYPES.get(self.precision)
 
-def _mirrored(network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The network's logits averaged over the window and its 7 mirror images (each flipped back)."""
+        def forward(windows: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = network(windows).float()
+                for axes in MIRRORS if self.mirror else []:
+                    logits += torch.flip(network(torch.flip(windows, axes)), axes).float()
+            return logits / (len(MIRRORS) + 1) if self.mirror else logits
 
-    def forward(windows: torch.Tensor) -> torch.Tensor:
-        logits = network(windows)
-        for axes in MIRRORS:
-            logits += torch.flip(network(torch.flip(windows, axes)), axes)
-        return logits / (len(MIRRORS) + 1)
-
-    return forward
+        return forward
 
 
 def as_meta_tensor(volumes: Sequence[Volume]) -> MetaTensor:
