@@ -7,6 +7,8 @@ with channels last for multi-channel volumes, as NIfTI stores them.
 
 from __future__ import annotations
 
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,36 @@ WRITABLE_ENDINGS = NIFTI_ENDINGS + (".nrrd", ".mha")
 MAX_VOXELS = 2**31
 # RAS = LPS with x and y negated.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+# Enough of a file's start to recognise its format: a NIfTI-1 header is 348 bytes, DICOM's
+# "DICM" sits at byte 128.
+HEAD_BYTES = 352
+# The magic number each ending's files start with (NIfTI: the header size, 348 or 540 for
+# NIfTI-2, in either byte order; MetaImage: a text header of "Key = value" lines). Readers
+# otherwise go by content: ITK reads a PNG named .mha as a 2D PNG.
+SIGNATURES = {
+    ".nii.gz": re.compile(rb"\x1f\x8b"),
+    ".nii": re.compile(
+        b"|".join(re.escape(struct.pack(f"{order}i", n)) for order in "<>" for n in (348, 540))
+    ),
+    ".nrrd": re.compile(rb"NRRD"),
+    ".nhdr": re.compile(rb"NRRD"),
+    ".mha": re.compile(rb"\s*[A-Za-z]\w*\s*="),
+    ".mhd": re.compile(rb"\s*[A-Za-z]\w*\s*="),
+}
+FORMAT_NAMES = {".nii.gz": "gzipped NIfTI", ".nii": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD header"}
+FORMAT_NAMES |= {".mha": "MetaImage", ".mhd": "MetaImage header"}
+# What files misnamed as scans often are, to say so in the message.
+FOREIGN_SIGNATURES = (
+    (re.compile(rb"\x89PNG"), "a PNG image"),
+    (re.compile(rb"\xff\xd8\xff"), "a JPEG image"),
+    (re.compile(rb".{128}DICM", re.DOTALL), "a DICOM file"),
+    (re.compile(rb"\x1f\x8b"), "gzip-compressed data"),
+    (re.compile(rb"PK\x03\x04"), "a zip archive"),
+    (re.compile(rb"%PDF"), "a PDF document"),
+    (re.compile(rb"\s*<(!DOCTYPE html|html)", re.IGNORECASE), "an HTML page"),
+    (re.compile(rb"\x93NUMPY"), "a NumPy array"),
+    (re.compile(rb"NRRD"), "an NRRD file"),
+)
 
 
 @dataclass(frozen=True)
@@ -64,8 +96,8 @@ def case_name(path: str | Path) -> str:
 def read_volume(path: str | Path, max_channels: int = 1) -> Volume:
     """Read a 3D volume (or 4D with up to ``max_channels`` channels, last axis).
 
-    Any failure is an InputDataError naming the file: missing, damaged, truncated, of an
-    unknown format, 2D, or with more channels than declared.
+    Any failure is an InputDataError naming the file: missing, empty, of another format than its
+    ending says, damaged, truncated, 2D, 5D, or with more channels than declared.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,6 +106,7 @@ def read_volume(path: str | Path, max_channels: int = 1) -> Volume:
     if ending is None:
         raise InputDataError(f"{path}: unsupported format (expected one of {', '.join(VOLUME_ENDINGS)})")
     try:
+        _check_signature(path, ending)
         volume = _read_nifti(path) if ending in NIFTI_ENDINGS else _read_sitk(path)
     except InputDataError:
         raise
@@ -84,12 +117,31 @@ def read_volume(path: str | Path, max_channels: int = 1) -> Volume:
     return volume
 
 
+def _check_signature(path: Path, ending: str) -> None:
+    """Refuse an empty file, or one whose first bytes are not its format's magic number, saying
+    what it looks like instead."""
+    with path.open("rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    if not head:
+        raise InputDataError(f"{path}: empty file (0 bytes)")
+    if SIGNATURES[ending].match(head):
+        return
+    looks_like = next((f"; {what}?" for magic, what in FOREIGN_SIGNATURES if magic.match(head)), "")
+    raise InputDataError(f"{path}: not a {FORMAT_NAMES[ending]} file (wrong magic number{looks_like})")
+
+
 def _read_nifti(path: Path) -> Volume:
     image = nib.load(path)
     _check_size(path, image.shape)
+    shape = image.shape
+    # NIfTI keeps the 4th axis for time (our channels) and the 5th for vector components, where
+    # ITK writes multi-component images as (x, y, z, 1, c): both are channels; both at once are not.
+    if len(shape) > 5 or (len(shape) == 5 and shape[3] != 1):
+        raise InputDataError(
+            f"{path}: {len(shape)}D image of shape {shape}; expected 3D, or 4D with the channels last"
+        )
     array = np.asanyarray(image.dataobj)
-    # NIfTI stores extra channels in the 5th axis for vector data, the 4th for time/channels.
-    if array.ndim == 5 and array.shape[3] == 1:
+    if array.ndim == 5:
         array = array[:, :, :, 0, :]
     return Volume(array=array, affine=image.affine.astype(np.float64))
 
@@ -98,6 +150,9 @@ def _read_sitk(path: Path) -> Volume:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
+    if reader.GetDimension() != 3:
+        size = tuple(reader.GetSize())
+        raise InputDataError(f"{path}: {reader.GetDimension()}D image of size {size}; expected 3D")
     _check_size(path, (*reader.GetSize(), reader.GetNumberOfComponents()))
     return sitk_to_volume(reader.Execute())
 
@@ -141,9 +196,9 @@ def _check_dimensions(path: Path, volume: Volume, max_channels: int) -> None:
     shape = volume.array.shape
     if volume.array.ndim < 3:
         raise InputDataError(f"{path}: expected a 3D volume, got {volume.array.ndim}D shape {shape}")
-    if volume.array.ndim > 4 or volume.n_channels > max_channels:
+    if volume.n_channels > max_channels:
         expected = "a 3D volume" if max_channels == 1 else f"3D with at most {max_channels} channels"
-        raise InputDataError(f"{path}: expected {expected}, got shape {shape}")
+        raise InputDataError(f"{path}: expected {expected}, got {volume.n_channels} channels, shape {shape}")
     if min(shape[:3]) < 2:
         raise InputDataError(f"{path}: expected a 3D volume, got a single slice, shape {shape}")
 
