@@ -18,6 +18,11 @@ SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"}
 # A SEG frame must sit within this many voxels of a reference slice and of its origin.
 GRID_TOLERANCE_VOXELS = 0.01
+# Slice steps may differ by this fraction of the usual one (positions are rounded decimals).
+SPACING_TOLERANCE = 0.01
+# Slices may drift sideways by this many pixels over a whole series before it counts as tilted:
+# ignoring that drift misplaces no voxel by more, and rounded positions drift a little anyway.
+TILT_TOLERANCE_PIXELS = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def _series_ids(directory: Path) -> tuple[str, ...]:
 def read_dicom_series(series: DicomSeries) -> Volume:
     """One series as a 3D volume; rescale slope and intercept applied (Hounsfield units for CT)."""
     folder = series.files[0].parent
-    _check_slice_spacing(series)
+    _check_slice_geometry(series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in series.files])
     try:
@@ -91,21 +96,59 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     return sitk_to_volume(image)
 
 
-def _check_slice_spacing(series: DicomSeries) -> None:
-    """ITK only warns when slices are missing and then misplaces the rest; refuse instead."""
+def _check_slice_geometry(series: DicomSeries) -> None:
+    """ITK stacks a series' slices evenly along their normal: it only warns about missing or
+    unevenly spaced slices, and ignores the sideways shift of a gantry tilt, misplacing them
+    either way. Such series are refused rather than resampled, as a mask must lie on the series'
+    own voxel grid: no affine describes uneven slices, and ITK-based readers of NIfTI drop the
+    shear of a tilt (the qform they fall back to cannot hold one)."""
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    if len(headers) < 2:
+        return  # the reader refuses a single slice
     try:
         orientation = np.array(headers[0].ImageOrientationPatient, float)
-        normal = np.cross(orientation[:3], orientation[3:])
-        positions = np.sort([np.dot(normal, np.array(h.ImagePositionPatient, float)) for h in headers])
+        positions = np.array([h.ImagePositionPatient for h in headers], float)
+        pixel_mm = min(float(s) for s in headers[0].PixelSpacing)
     except AttributeError:
         return  # no patient geometry (secondary capture): the reader decides
-    steps = np.diff(positions)
-    if len(steps) and steps.max() - steps.min() > 0.01 * max(np.median(steps), 1e-6):
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = positions[np.argsort(positions @ normal)]
+    where = f"{series.files[0].parent}: series {series.uid}"
+    _check_tilt(where, positions, normal, pixel_mm)
+    _check_spacing(where, positions @ normal)
+
+
+def _check_tilt(where: str, positions: np.ndarray, normal: np.ndarray, pixel_mm: float) -> None:
+    offsets = positions - positions[0]
+    sideways = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.linalg.norm(sideways, axis=1).max())
+    if drift > TILT_TOLERANCE_PIXELS * pixel_mm:
+        tilt = np.degrees(np.arctan2(np.linalg.norm(sideways[-1]), offsets[-1] @ normal))
         raise InputDataError(
-            f"{series.files[0].parent}: series {series.uid} has missing or unevenly spaced slices "
-            f"(steps from {steps.min():.3g} to {steps.max():.3g} mm)"
+            f"{where}: slices shift sideways by up to {drift:.3g} mm, a gantry tilt of {tilt:.3g} "
+            "degrees; resample it onto an untilted grid first (dcm2niix, for one, corrects gantry tilt)"
         )
+
+
+def _check_spacing(where: str, heights: np.ndarray) -> None:
+    """Heights: the slices' sorted positions along their normal, in mm."""
+    steps = np.diff(heights)
+    usual = float(np.median(steps))
+    tolerance = SPACING_TOLERANCE * max(usual, 1e-6)
+    if steps.max() - steps.min() <= tolerance:
+        return
+    multiples = np.round(steps / max(usual, 1e-6))
+    if np.all(multiples >= 1) and np.all(np.abs(steps - multiples * usual) <= tolerance):
+        first = int(np.flatnonzero(multiples > 1)[0])
+        missing = int((multiples - 1).sum())
+        raise InputDataError(
+            f"{where}: {missing} slice(s) missing, the first after {heights[first]:.4g} mm "
+            f"along the slice normal (a step of {steps[first]:.3g} mm where the others are {usual:.3g})"
+        )
+    raise InputDataError(
+        f"{where}: unevenly spaced slices (steps from {steps.min():.3g} to {steps.max():.3g} mm); "
+        "resample it onto even slices first"
+    )
 
 
 def read_dicom_folder(folder: Path) -> tuple[DicomSeries, Volume]:

@@ -125,8 +125,46 @@ def test_truncated_slice_is_named(ct):
 def test_missing_slice_is_named(ct):
     folder, _ = ct
     (folder / "s002.dcm").unlink()
-    with pytest.raises(InputDataError, match=r"missing or unevenly spaced slices \(steps from 2.5 to 5 mm\)"):
+    with pytest.raises(
+        InputDataError, match=r"1 slice\(s\) missing, .* \(a step of 5 mm where the others are 2.5\)"
+    ):
         read_dicom_series(find_dicom_series(folder)[0])
+
+
+def shift_slices(folder, shift_mm):
+    """Move slice k (of the files s000.dcm, s001.dcm ...) by ``shift_mm(k)``, an LPS vector."""
+    for k, path in enumerate(sorted(folder.glob("s*.dcm"))):
+        dataset = pydicom.dcmread(path)
+        position = np.array(dataset.ImagePositionPatient, float) + shift_mm(k)
+        dataset.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        dataset.save_as(path)
+
+
+def test_unevenly_spaced_slices_are_refused(ct):
+    """Not a missing slice: a step that is no multiple of the others (variable-pitch scans)."""
+    folder, _ = ct
+    shift_slices(folder, lambda k: (0, 0, 0.8 if k >= 3 else 0))
+    with pytest.raises(
+        InputDataError, match=r"patient: series .*: unevenly spaced slices \(steps from 2.5 to 3.3 mm\)"
+    ):
+        read_dicom_series(find_dicom_series(folder)[0])
+
+
+def test_gantry_tilt_is_refused_and_a_sub_pixel_drift_read(ct, tmp_path):
+    """A tilted gantry shifts each slice sideways along the table: the grid is sheared, which ITK
+    ignores (misplacing every slice but the first) and NIfTI's qform cannot hold."""
+    folder, hu = ct
+    tilt = np.radians(20)
+    shift_slices(folder, lambda k: (0, k * SPACING[2] * np.tan(tilt), 0))
+    with pytest.raises(
+        InputDataError,
+        match=r"patient: series .*: slices shift sideways by up to 4.55 mm, a gantry tilt of 20 degrees",
+    ):
+        read_dicom_series(find_dicom_series(folder)[0])
+    # Rounded positions drift a little: under half a pixel (0.35 mm) over the series is read.
+    write_series(tmp_path / "slight", hu, uid="1.2.826.0.1.3680043.2.1125.4")
+    shift_slices(tmp_path / "slight", lambda k: (0, k * 0.05, 0))
+    np.testing.assert_array_equal(read_dicom_series(find_dicom_series(tmp_path / "slight")[0]).array, hu)
 
 
 def make_seg(folder, mask):
