@@ -1,4 +1,9 @@
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +82,34 @@ def test_no_half_written_output_on_bad_cohort(tmp_path):
     with pytest.raises(InputDataError, match="dataset.json: not found"):
         stage.run(PreprocessParams(), tmp_path / "nowhere", out)
     assert not out.exists()
+
+
+def test_a_killed_run_keeps_the_earlier_outputs_and_the_rerun_completes(
+    cohort_dir, preprocessed_dir, tmp_path
+):
+    """SIGKILL while the cases are written: the earlier outputs stay whole, the rerun removes the
+    killed run's temporaries and ends with outputs equal to an uninterrupted run's."""
+    out = tmp_path / "preprocessed"
+    shutil.copytree(preprocessed_dir, out)
+    (out / "from-an-earlier-run").touch()
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "params.yaml").write_text("preprocess: {num_workers: 1}\n")
+    command = [sys.executable, "-m", "pipeline.cli", "preprocess", "--params", str(tmp_path / "params.yaml"),
+               "--cohort", str(cohort_dir), "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list(tmp_path.glob(".preprocessed.tmp-*/*.npy")) and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    (partial,) = tmp_path.glob(".preprocessed.tmp-*")
+    assert not (partial / "plans.json").exists()  # killed half-way
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+
+    subprocess.run(command, check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "preprocessed"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in preprocessed_dir.iterdir())
+    for path in preprocessed_dir.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(out / path.name), np.load(path))
+    assert json.loads((out / "plans.json").read_text()) == json.loads(
+        (preprocessed_dir / "plans.json").read_text()
+    )
