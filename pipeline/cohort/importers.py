@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cohort.dataset import FILE_ENDING, read_dataset_json, write_dataset_json
+from pipeline.cohort.dataset import FILE_ENDING, load_cohort, read_dataset_json, write_dataset_json
 from pipeline.cohort.qc import conclude
 from pipeline.cohort.validate import CaseReport, check_case
 from pipeline.errors import ConfigError, InputDataError
@@ -109,28 +109,14 @@ def _import_case(case: SourceCase, cohort: SourceCohort, out: Path, options: Imp
 
 
 def from_msd(source: Path, options: ImportOptions) -> SourceCohort:
-    meta = read_dataset_json(source / "dataset.json")
-    try:
-        channels = meta.get("channel_names") or meta["modality"]
-        channel_names = [str(channels[k]) for k in sorted(channels, key=int)]
-        labels = {int(v): str(n) for v, n in meta["labels"].items()}
-        cases = [
-            _channel_case(
-                case_name(e["image"]), "train", [source / e["image"]], len(channels), source / e["label"]
-            )
-            for e in meta["training"]
-        ]
-        for entry in meta.get("test", []):
-            image = source / (entry if isinstance(entry, str) else entry["image"])
-            label = source / "labelsTs" / image.name
-            cases.append(
-                _channel_case(
-                    case_name(image), "test", [image], len(channels), label if label.exists() else None
-                )
-            )
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise InputDataError(f"{source / 'dataset.json'}: missing or malformed entry ({err!r})") from None
-    return SourceCohort(channel_names, labels, cases)
+    """The cases dataset.json lists, checked against the files as the pipeline checks its own
+    cohorts (paths inside the folder, counts, no case file unlisted); missing files are reported
+    per case."""
+    cohort = load_cohort(source, require_files=False)
+    n_channels = len(cohort.channel_names)
+    cases = [_channel_case(c.name, "train", [c.image], n_channels, c.label) for c in cohort.training]
+    cases += [_channel_case(c.name, "test", [c.image], n_channels, c.label) for c in cohort.test]
+    return SourceCohort(cohort.channel_names, cohort.labels, cases)
 
 
 def from_nnunet(source: Path, options: ImportOptions) -> SourceCohort:

@@ -31,7 +31,8 @@ from pipeline.preprocess.transforms import build_preprocessing
 def run(
     params: PreprocessParams, cohort_dir: str | Path, out_dir: str | Path, qc_report: str | Path | None = None
 ) -> Plans:
-    cohort = load_cohort(cohort_dir)
+    # Files of the cases that validation left out may be missing; those of the others are read.
+    cohort = load_cohort(cohort_dir, require_files=qc_report is None)
     cases = _valid_cases(cohort.training, qc_report)
     n_channels = len(cohort.channel_names)
     fingerprints = map_cases(
