@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -43,7 +44,7 @@ from pipeline.infer.inputs import Scan, Unusable, find_scans
 from pipeline.infer.outputs import ScanOutputs, scan_outputs, write_outputs
 from pipeline.infer.predictor import Predictor
 from pipeline.io import Volume, atomic_output, write_json
-from pipeline.io.atomic import remove_stale_temporaries
+from pipeline.io.atomic import TEMPORARY_MARK, remove_stale_temporaries
 from pipeline.models.model_dir import MODEL_JSON, WEIGHTS, fold_dirs
 
 RECORDS_FOLDER = ".records"
@@ -146,12 +147,14 @@ class _ScanStep:
     def run_all(self, scans: list[Scan]):
         """Yield (scan, succeeded) in order, as each scan's record is written."""
         with ThreadPoolExecutor(self.options.workers) as readers, ThreadPoolExecutor(1) as writer:
-            reads = deque(readers.submit(_timed_read, scan) for scan in scans[: self.options.workers])
+            n_channels = self.predictor.description.plans.n_channels
+            reads = deque(readers.submit(_timed_read, s, n_channels) for s in scans[: self.options.workers])
             writing: tuple[Scan, Future] | None = None
             for position, scan in enumerate(scans):
                 read = reads.popleft()
                 if position + self.options.workers < len(scans):
-                    reads.append(readers.submit(_timed_read, scans[position + self.options.workers]))
+                    ahead = scans[position + self.options.workers]
+                    reads.append(readers.submit(_timed_read, ahead, n_channels))
                 started = time.perf_counter()
                 try:
                     volumes, read_seconds = read.result()
@@ -244,7 +247,11 @@ def write_summary(
             json.loads(path.read_text()) if path.is_file() else {"scan": scan.name, "status": "pending"}
         )
     rows += [{"scan": u.name, "status": "error", "error": u.reason, "input": u.source.name} for u in unusable]
-    with atomic_output(output_dir / "summary.csv") as tmp, tmp.open("w", newline="") as handle:
+    # UTF-8 whatever the locale: scan names are file names, in any script.
+    with (
+        atomic_output(output_dir / "summary.csv") as tmp,
+        tmp.open("w", newline="", encoding="utf-8") as handle,
+    ):
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda row: row["scan"]))
@@ -260,9 +267,9 @@ def model_identity(model_dir: Path, folds: list[int] | None = None) -> dict:
     return {"path": str(model_dir), "folds": folds, "sha256": digest.hexdigest()}
 
 
-def _timed_read(scan: Scan) -> tuple[list[Volume], float]:
+def _timed_read(scan: Scan, n_channels: int) -> tuple[list[Volume], float]:
     started = time.perf_counter()
-    return scan.read(), time.perf_counter() - started
+    return scan.read(n_channels), time.perf_counter() - started
 
 
 def _check_grid(scan: Scan, label: np.ndarray, volume: Volume) -> None:
@@ -319,11 +326,13 @@ def _lesion_values(detection: DetectionParams, labels: dict[int, str]) -> list[i
 
 
 def _check_writable(output_dir: Path) -> None:
+    """Name an output folder that cannot be created or written before any scan is read (a full
+    disk shows at the first write: an empty file still fits)."""
+    probe = output_dir / f".write-test{TEMPORARY_MARK}{os.getpid()}"  # a killed run's is removed
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_output(output_dir / ".write-test") as tmp:
-            tmp.write_bytes(b"")
-        (output_dir / ".write-test").unlink()
+        probe.touch()
+        probe.unlink()
     except OSError as err:
         raise InputDataError(f"{output_dir}: cannot write the outputs there ({err.strerror})") from None
 

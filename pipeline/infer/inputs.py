@@ -36,12 +36,18 @@ class Scan:
     output_ending: str
     series: DicomSeries | None = None
 
-    def read(self) -> list[Volume]:
-        """The scan's volumes, one per channel file (a single file may hold several channels)."""
+    def read(self, n_channels: int) -> list[Volume]:
+        """The scan's volumes, one per channel file (a single file may hold them all); refused
+        unless they hold the model's ``n_channels``."""
         if self.series is not None:
-            return [read_dicom_series(self.series)]
-        max_channels = 16 if len(self.sources) == 1 else 1
-        return [read_volume(path, max_channels=max_channels) for path in self.sources]
+            volumes = [read_dicom_series(self.series)]
+        else:
+            per_file = n_channels if len(self.sources) == 1 else 1
+            volumes = [read_volume(path, max_channels=per_file) for path in self.sources]
+        found = sum(volume.n_channels for volume in volumes)
+        if found != n_channels:
+            raise InputDataError(f"{self.source}: {found} channel(s), but the model takes {n_channels}")
+        return volumes
 
     @property
     def source(self) -> Path:
