@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,30 @@ def cohort_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def cohort(cohort_dir, tmp_path) -> Path:
+    """A copy of the tiny cohort, for a test to damage."""
+    copy = tmp_path / "cohort"
+    shutil.copytree(cohort_dir, copy)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def preprocessed_dir(cohort_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("preprocessed") / "preprocessed"
     preprocess_stage.run(PreprocessParams(), cohort_dir, out)
     return out
+
+
+@pytest.fixture
+def random_model(tmp_path) -> Path:
+    """A real model directory (untrained weights): what the command line needs."""
+    import torch
+
+    from pipeline.models.model_dir import ModelDescription, save_fold
+    from tests.infer.test_predictor import PLANS  # imported here: that module imports this one
+
+    description = ModelDescription(TINY_NETWORK, PLANS, patch_size=[32, 32, 16])
+    torch.manual_seed(0)
+    save_fold(tmp_path / "model/fold_0", description, description.build())
+    return tmp_path / "model"

@@ -3,7 +3,6 @@
 import gzip
 import json
 import re
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -15,13 +14,6 @@ from pipeline.errors import InputDataError
 from pipeline.io import read_volume, write_volume
 
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
-
-
-@pytest.fixture
-def cohort(cohort_dir, tmp_path):
-    copy = tmp_path / "cohort"
-    shutil.copytree(cohort_dir, copy)
-    return copy
 
 
 def break_case(cohort, problem):

@@ -13,7 +13,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-import torch
 
 from pipeline.cli import main
 from pipeline.config import DetectionParams
@@ -23,9 +22,7 @@ from pipeline.infer import batch
 from pipeline.infer.inputs import find_scans
 from pipeline.io import read_probability, read_volume, write_volume
 from pipeline.io.dicom import find_dicom_series, read_dicom_series
-from pipeline.models.model_dir import ModelDescription, save_fold
-from tests.conftest import TINY_NETWORK
-from tests.infer.test_predictor import HU_PER_CLASS, PLANS, blob_scan, oracle_predictor
+from tests.infer.test_predictor import HU_PER_CLASS, blob_scan, oracle_predictor
 from tests.io.test_dicom import write_series
 
 MODEL = {"path": "oracle", "folds": None, "sha256": "oracle"}
@@ -196,15 +193,6 @@ def test_dicom_seg_references_the_series(tmp_path):
         r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     }
     assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in (folder / "ct").iterdir()}
-
-
-@pytest.fixture
-def random_model(tmp_path):
-    """A real model directory (untrained weights): what the command line needs."""
-    description = ModelDescription(TINY_NETWORK, PLANS, patch_size=[32, 32, 16])
-    torch.manual_seed(0)
-    save_fold(tmp_path / "model/fold_0", description, description.build())
-    return tmp_path / "model"
 
 
 def test_command_line_exit_codes(mixed_folder, random_model, tmp_path, monkeypatch, capsys):
