@@ -41,6 +41,7 @@ from pipeline.errors import ConfigError, InputDataError, UserError
 from pipeline.evaluate.detection import case_score, extract_candidates
 from pipeline.evaluate.segmentation import volume_ml
 from pipeline.infer.inputs import Scan, Unusable, find_scans
+from pipeline.infer.memory import GIB, available_memory
 from pipeline.infer.outputs import ScanOutputs, scan_outputs, write_outputs
 from pipeline.infer.predictor import Predictor
 from pipeline.io import Volume, atomic_output, write_json
@@ -158,6 +159,7 @@ class _ScanStep:
                 started = time.perf_counter()
                 try:
                     volumes, read_seconds = read.result()
+                    _check_memory(scan, self.predictor.memory_needed(volumes))
                     prediction = self.predictor.predict(volumes)
                     _check_grid(scan, prediction.label, volumes[0])
                 except Exception as err:  # one bad scan must not stop the others
@@ -270,6 +272,16 @@ def model_identity(model_dir: Path, folds: list[int] | None = None) -> dict:
 def _timed_read(scan: Scan, n_channels: int) -> tuple[list[Volume], float]:
     started = time.perf_counter()
     return scan.read(n_channels), time.perf_counter() - started
+
+
+def _check_memory(scan: Scan, needed: int) -> None:
+    """Refuse a scan too large to predict with the memory left, before the OS kills the run."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise InputDataError(
+            f"{scan.source}: predicting it needs about {needed / GIB:.1f} GiB of memory, "
+            f"{available / GIB:.1f} GiB is available"
+        )
 
 
 def _check_grid(scan: Scan, label: np.ndarray, volume: Volume) -> None:

@@ -16,6 +16,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, Invertd
 from torch import nn
 
+from pipeline.infer.memory import prediction_bytes
 from pipeline.io import Volume
 from pipeline.models.model_dir import ModelDescription, load_description, load_fold_networks
 from pipeline.preprocess.reader import VolumeReader
@@ -103,6 +104,13 @@ class Predictor:
         # max().indices, not argmax(): the same first maximum, over 10x faster across channels.
         label = restored.max(0).indices.to(torch.uint8).numpy()
         return Prediction(label=label, probabilities=restored.numpy())
+
+    def memory_needed(self, channels: Sequence[Volume]) -> int:
+        """Bytes of host memory that predicting this scan takes, at most (memory.py)."""
+        plans, scan = self.description.plans, channels[0]
+        return prediction_bytes(
+            scan.shape, scan.spacing, plans.target_spacing, len(channels), len(plans.labels)
+        )
 
     def _window_probabilities(self, network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         logits = sliding_window_inference(
