@@ -255,7 +255,7 @@ def _find_image(images_dir: Path, label_path: Path) -> Path:
 
 
 def _write_csv(path: Path, columns: list[str], rows) -> None:
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as handle:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         writer.writerows(rows)
