@@ -1,5 +1,5 @@
-"""The real DVC pipeline in a throw-away repository: every stage runs, a rerun does nothing,
-and an experiment with a changed parameter shows up in ``dvc metrics diff``."""
+"""The real DVC pipeline in a throw-away repository: every stage runs, with the network blocked,
+a rerun does nothing, and an experiment with a changed parameter shows up in ``dvc metrics diff``."""
 
 from __future__ import annotations
 
@@ -35,8 +35,26 @@ evaluate: {detection: {lesion_labels: [lesion]}}
 """
 
 
-def run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+# Imported by every Python process started with this folder on PYTHONPATH (dvc and each stage's
+# resseg): a connection other than a local (Unix) socket, or a name lookup, is refused and noted.
+NO_NETWORK = """
+import os, socket
+
+def refuse(*args, **kwargs):
+    with open(os.environ["NETWORK_ATTEMPTS"], "a") as attempts:
+        attempts.write(f"{os.getpid()}: {args[1:] or args}\\n")
+    raise OSError("network access blocked by the test")
+
+connect = socket.socket.connect
+socket.socket.connect = lambda sock, address: (
+    connect(sock, address) if sock.family == socket.AF_UNIX else refuse(sock, address)
+)
+socket.getaddrinfo = refuse
+"""
+
+
+def run(args: list[str], cwd: Path, **env_vars: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env_vars}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -62,8 +80,17 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_repro_then_up_to_date_then_experiment(repo: Path):
-    out = run(["dvc", "repro"], repo)
+def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
+    blocker = tmp_path_factory.mktemp("no_network")
+    (blocker / "sitecustomize.py").write_text(NO_NETWORK)
+    no_network = {"PYTHONPATH": str(blocker), "NETWORK_ATTEMPTS": str(blocker / "attempts.log")}
+    probe = "import socket; socket.create_connection(('192.0.2.1', 80), timeout=1)"
+    with pytest.raises(AssertionError, match="network access blocked"):
+        run([sys.executable, "-c", probe], repo, **no_network)
+    (blocker / "attempts.log").unlink()  # the probe's: the blocker works in a child process
+
+    out = run(["dvc", "repro"], repo, **no_network)
+    assert not (blocker / "attempts.log").exists(), (blocker / "attempts.log").read_text()
     for stage in ("synth", "validate", "preprocess", "split", "train@0", "crossval@0", "predict", "evaluate"):
         assert f"Running stage '{stage}'" in out
     # Out-of-fold: fold 0 of 2 holds out 3 of the 6 training cases, each segmented and scored.
