@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.cohort.dataset import load_cohort
 from pipeline.config import DetectionParams, EvaluateParams
 from pipeline.evaluate import stage as evaluate_stage
 from pipeline.infer import batch
 from pipeline.models.model_dir import ModelDescription, save_fold
 from tests.conftest import TINY_NETWORK
 from tests.infer.test_predictor import HU_PER_CLASS, PLANS, blob_scan, oracle_predictor
-from tests.io.test_dicom import write_series
+from tests.io.test_dicom import make_seg, write_series
 
 IDENTIFIERS = {
     "PatientName": "Doe^Jane",
@@ -88,16 +89,30 @@ def test_a_model_whose_labels_do_not_fit_its_weights_is_refused_before_inference
     assert not (tmp_path / "out").exists()
 
 
-def test_no_patient_identifier_reaches_any_output(tmp_path, monkeypatch):
+def identified_series(folder, uid: str) -> np.ndarray:
+    """A CT series whose every slice carries IDENTIFIERS; its HU encode an organ and a lesion."""
     hu = np.zeros((24, 20, 8), np.int16)
     hu[6:18, 5:15, 2:6] = HU_PER_CLASS
     hu[10:14, 8:12, 3:5] = 2 * HU_PER_CLASS
-    write_series(tmp_path / "in/Doe_Jane", hu, uid="1.2.826.0.1.3680043.2.1125.31")
-    for path in (tmp_path / "in/Doe_Jane").iterdir():
+    write_series(folder, hu, uid=uid)
+    for path in folder.iterdir():
         dataset = pydicom.dcmread(path)
         for keyword, value in IDENTIFIERS.items():
             setattr(dataset, keyword, value)
         dataset.save_as(path)
+    return hu
+
+
+def assert_no_identifier_in(folders, text: str = "") -> None:
+    everything = b"".join(p.read_bytes() for folder in folders for p in folder.rglob("*") if p.is_file())
+    everything += text.encode()
+    for value in IDENTIFIERS.values():
+        assert value.encode() not in everything, value
+    assert b"Doe^Jane" not in everything and b"4711" not in everything
+
+
+def test_no_patient_identifier_reaches_any_output(tmp_path, monkeypatch):
+    identified_series(tmp_path / "in/Doe_Jane", uid="1.2.826.0.1.3680043.2.1125.31")
     monkeypatch.chdir(tmp_path)  # the outputs name the folder as given: relative here
     options = batch.BatchOptions(save_probabilities=True, dicom_seg=True)
     model = {"path": "oracle", "folds": None, "sha256": "oracle"}
@@ -108,10 +123,30 @@ def test_no_patient_identifier_reaches_any_output(tmp_path, monkeypatch):
     seg = pydicom.dcmread(tmp_path / "out/Doe_Jane.seg.dcm")
     for keyword in IDENTIFIERS:
         assert not str(seg.get(keyword, "")), keyword
-    everything = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
-    for value in IDENTIFIERS.values():
-        assert value.encode() not in everything, value
-    assert b"Doe^Jane" not in everything and b"4711" not in everything
+    assert_no_identifier_in([tmp_path / "out"])
+
+
+def test_no_patient_identifier_reaches_an_imported_cohort(tmp_path, capsys):
+    """DICOM patients (series and SEG labels, identifiers set) imported, validated and
+    preprocessed: the cohort, its QC report, the preprocessed arrays, the plan and everything
+    printed carry none of the identifiers; the cases are named by their folders."""
+    for index, case in enumerate(("case_a", "case_b")):
+        hu = identified_series(tmp_path / "dicom" / case, uid=f"1.2.826.0.1.3680043.2.1125.{40 + index}")
+        make_seg(tmp_path / "dicom" / case, (hu // int(HU_PER_CLASS)).astype(np.uint8))
+    params = tmp_path / "params.yaml"
+    params.write_text("validate: {num_workers: 1}\npreprocess: {num_workers: 1, target_spacing: [2, 2, 4]}\n")
+    cohort, reports = tmp_path / "cohort", tmp_path / "reports"
+    commands = [
+        ["import", "--source", tmp_path / "dicom", "--format", "dicom", "--out", cohort,
+         "--labels", "organ,lesion", "--report", reports / "import_qc.json"],
+        ["validate", "--cohort", cohort, "--report", reports / "data_qc.json"],
+        ["preprocess", "--cohort", cohort, "--out", tmp_path / "preprocessed"],
+    ]  # fmt: skip
+    for name, *options in commands:
+        assert main([str(arg) for arg in (name, "--params", params, *options)]) == 0
+    printed = capsys.readouterr()
+    assert [case.name for case in load_cohort(cohort).training] == ["case_a", "case_b"]
+    assert_no_identifier_in([cohort, reports, tmp_path / "preprocessed"], printed.out + printed.err)
 
 
 def test_prediction_and_evaluation_run_with_the_network_blocked(scans, tmp_path, monkeypatch):
