@@ -25,12 +25,18 @@ demo: install
 test: install-dev
 	pytest
 
-# Preprocessing against nnU-Net v2 (its own virtualenv: it needs torchvision, resseg must not).
-bench: install
-	test -x benchmarks/.venv-nnunet/bin/nnUNetv2_plan_and_preprocess || \
-		($(PYTHON) -m venv benchmarks/.venv-nnunet && \
-		 benchmarks/.venv-nnunet/bin/pip install --quiet $(if $(TORCH_CONSTRAINT),--constraint $(TORCH_CONSTRAINT)) nnunetv2)
-	python benchmarks/preprocess_vs_nnunet.py
+# Every benchmark, side by side with nnU-Net v2 (`make bench QUICK=1`: minutes; ONLY='inference
+# scaling': some steps). nnU-Net gets its own virtualenv from the `bench` extra: it needs
+# torchvision, which resseg must not load; resseg's own code, installed there too, lets nnU-Net's
+# predictor and trainer run resseg's networks.
+NNUNET_VENV := benchmarks/.venv-nnunet
+bench: install-dev $(NNUNET_VENV)/.installed
+	python benchmarks/suite.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
+
+$(NNUNET_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/pip install --quiet $(if $(TORCH_CONSTRAINT),--constraint $(TORCH_CONSTRAINT)) --editable '.[bench]'
+	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

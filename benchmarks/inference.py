@@ -3,7 +3,8 @@ same scans, same network and weights, same plan, in one run.
 
     python benchmarks/inference.py [--quick] [--scans 3] [--scale 1.0] [--preset resunet_small]
                                    [--sw-batch-size N] [--precision auto fp32]
-                                   [--nnunet-modes pipelined sequential] [--pss]
+                                   [--nnunet-modes pipelined sequential] [--pss] [--device cpu|cuda]
+                                   [--json PATH] [--rows PATH]
 
 The scans are resseg's synthetic CT (about 512x512x100 voxels at 0.8x0.8x2.5 mm for --scale 1;
 a body, an organ and lesions), generated once into --work. resseg plans them as its preprocess
@@ -48,6 +49,8 @@ from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
+from rows import measured, write_rows
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # This tree's own code, wherever the virtualenv's editable install points (nnU-Net's virtualenv
@@ -70,7 +73,7 @@ def main(args: argparse.Namespace) -> None:
     plans = plan(cohort)
     model_dir = args.work / f"model_{args.preset}_{args.scans}_{args.scale:g}"
     save_model(model_dir, plans, args.preset)
-    job = {"scans": str(scans), "model": str(model_dir), "overlap": args.overlap}
+    job = {"scans": str(scans), "model": str(model_dir), "overlap": args.overlap, "device": args.device}
     resseg_job = {**job, "sw_batch_size": args.sw_batch_size}
 
     results = {}
@@ -91,6 +94,8 @@ def main(args: argparse.Namespace) -> None:
     print_report(results, plans, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.rows:
+        write_rows(args.rows, suite_rows(results, args))
 
 
 def parse_args() -> argparse.Namespace:
@@ -111,6 +116,7 @@ def parse_args() -> argparse.Namespace:
         default=["auto", "fp32"],
         help="resseg's network arithmetic, one run each (default: auto fp32); the first is judged",
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both tools run the network")
     parser.add_argument("--quick", action="store_true", help="two half-size scans: about a minute")
     parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench-inference"))
     parser.add_argument("--nnunet-python", type=Path, default=NNUNET_PYTHON)
@@ -123,6 +129,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--pss", action="store_true", help="also the peak PSS (slows the tools: memory only)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
     parser.add_argument("--child", choices=["resseg", "nnunet"], help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -389,7 +396,7 @@ def resseg_child(job: dict) -> dict:
         model,
         overlap=job["overlap"],
         sw_batch_size=job["sw_batch_size"],
-        device="cpu",
+        device=job["device"],
         mirror=False,
         precision=job["precision"],
     )
@@ -433,8 +440,8 @@ def nnunet_child(job: dict) -> dict:
         tile_step_size=1 - job["overlap"],
         use_gaussian=True,
         use_mirroring=False,
-        perform_everything_on_device=False,
-        device=torch.device("cpu"),
+        perform_everything_on_device=job["device"] != "cpu",
+        device=torch.device(job["device"]),
         allow_tqdm=False,
     )
     predictor.manual_initialization(
@@ -463,7 +470,8 @@ def nnunet_child(job: dict) -> dict:
         predictor.predict_from_files_sequential([[str(image)] for image in images], outputs)
     wall = time.perf_counter() - started
     done = [p.stat().st_mtime - started_at for p in out.glob("*.nii.gz")]
-    return summary(wall, done, timer, {"sw_batch_size": 1, "precision": "fp32"}, {})
+    precision = "fp16" if job["device"].startswith("cuda") else "fp32"  # nnU-Net autocasts on CUDA only
+    return summary(wall, done, timer, {"sw_batch_size": 1, "precision": precision}, {})
 
 
 def summary(wall: float, done: list[float], timer: NetworkTimer, settings: dict, stages: dict) -> dict:
@@ -547,6 +555,27 @@ def print_report(results: dict, plans, args: argparse.Namespace) -> None:
         f"nnU-Net's: {met(memory <= 1)} (x{memory:.2f}); under 25% of resseg's time outside the network: "
         f"{met(outside(resseg) < 0.25)} ({outside(resseg):.0%})"
     )
+
+
+def suite_rows(results: dict, args: argparse.Namespace) -> list:
+    """Seconds per scan of each resseg precision against each nnU-Net mode, for benchmarks/suite.py."""
+    ours = {tool: r for tool, r in results.items() if tool.startswith("resseg")}
+    theirs = {tool: r for tool, r in results.items() if tool not in ours} or {None: None}
+    note = f"{len(next(iter(ours.values()))['scan_seconds'])} scans at --scale {args.scale:g}, {args.preset}"
+    return [
+        measured(
+            "inference",
+            f"s / scan, {mine.removeprefix('resseg, ')}",
+            r_mine["scan_seconds"],
+            r["scan_seconds"] if r else None,
+            against=tool,
+            resseg_peak_gib=r_mine["peak_rss_bytes"] / 2**30,
+            reference_peak_gib=r["peak_rss_bytes"] / 2**30 if r else None,
+            note=f"{note}; {outside(r_mine):.0%} outside the network",
+        )
+        for mine, r_mine in ours.items()
+        for tool, r in theirs.items()
+    ]
 
 
 def outside(result: dict) -> float:
