@@ -1,13 +1,17 @@
 """Preprocessing throughput and peak memory: resseg against nnU-Net v2, same cohort, same
 number of worker processes, in one run.
 
-    python benchmarks/preprocess_vs_nnunet.py [--cases 20] [--scale 1.0] [--workers 2]
+    python benchmarks/preprocess_vs_nnunet.py [--quick] [--cases 20] [--scale 1.0] [--workers 2]
+                                              [--repeats N] [--json PATH] [--rows PATH]
 
 The cohort is resseg's synthetic CT at a clinical size (about 512x512x100 voxels at
 0.8x0.8x2.5 mm for --scale 1), generated once into --work. Each tool runs its whole
-fingerprint + plan + preprocess command; peak memory is the largest summed RSS of the
-command's process tree, sampled every 0.1 s. nnU-Net runs from its own virtualenv
+fingerprint + plan + preprocess command --repeats times, the tools taking turns, each run from
+scratch; the table gives the median seconds, and the largest peak memory: the summed RSS of
+the command's process tree, sampled every 0.1 s. nnU-Net runs from its own virtualenv
 (benchmarks/README.md shows how to install it); without it, only resseg is measured.
+--quick: 4 cases at --scale 0.5, 3 runs of each tool, about two minutes on two cores.
+--rows writes the cases/s of both tools for benchmarks/suite.py (benchmarks/rows.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import yaml
+from rows import measured, write_rows
 
 HERE = Path(__file__).resolve().parent
 NNUNET_BIN = HERE / ".venv-nnunet" / "bin"
@@ -31,24 +37,57 @@ DATASET_ID = 500
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=1.0, help="linear size factor of every case")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench"))
-    parser.add_argument("--nnunet-bin", type=Path, default=NNUNET_BIN)
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args()
-
+    args = parse_args()
     cohort = make_cohort(args.work, args.cases, args.scale)
-    results = {"resseg": run_resseg(args.work, cohort, args.workers)}
+    tools = {"resseg": lambda: run_resseg(args.work, cohort, args.workers)}
     if (args.nnunet_bin / "nnUNetv2_plan_and_preprocess").exists():
-        results["nnU-Net v2"] = run_nnunet(args.work, cohort, args.workers, args.nnunet_bin)
+        tools["nnU-Net v2"] = lambda: run_nnunet(args.work, cohort, args.workers, args.nnunet_bin)
     else:
         print(f"nnU-Net not found in {args.nnunet_bin}; measuring resseg only", file=sys.stderr)
+    runs = {tool: [] for tool in tools}
+    for _ in range(args.repeats):  # the tools take turns, so that a slower spell slows both
+        for tool, run in tools.items():
+            runs[tool].append(run())
+    results = {
+        tool: {
+            "seconds": [run["seconds"] for run in tool_runs],
+            "peak_bytes": max(run["peak_bytes"] for run in tool_runs),
+            "output_voxels": tool_runs[-1]["output_voxels"],
+        }
+        for tool, tool_runs in runs.items()
+    }
     print_table(results, args.cases, args.workers)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.rows:
+        write_rows(args.rows, suite_rows(results, args))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, help="default 20 (--quick: 4)")
+    parser.add_argument(
+        "--scale", type=float, help="linear size factor of every case; default 1 (--quick: 0.5)"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, help="runs of each tool; default 1 (--quick: 3)")
+    parser.add_argument("--quick", action="store_true", help="four half-size cases: about two minutes")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench"))
+    parser.add_argument("--nnunet-bin", type=Path, default=NNUNET_BIN)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
+    args = parser.parse_args()
+    return fill_defaults(
+        args, quick={"cases": 4, "scale": 0.5, "repeats": 3}, full={"cases": 20, "scale": 1.0, "repeats": 1}
+    )
+
+
+def fill_defaults(args: argparse.Namespace, quick: dict, full: dict) -> argparse.Namespace:
+    """Each option left unset takes its --quick default or its full one (the benchmarks share it)."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def make_cohort(work: Path, cases: int, scale: float) -> Path:
@@ -152,19 +191,42 @@ def count_nnunet_voxels(folder: Path, bin_dir: Path) -> int:
 
 
 def print_table(results: dict, cases: int, workers: int) -> None:
-    print(f"\nPreprocessing {cases} cases, {workers} workers each")
+    runs = len(results["resseg"]["seconds"])
+    print(
+        f"\nPreprocessing {cases} cases, {workers} workers each"
+        + (f"; median of {runs} runs" if runs > 1 else "")
+    )
     print(f"{'tool':<12} {'seconds':>8} {'cases/s':>8} {'peak GB':>8} {'output Mvoxels':>15}")
+    seconds = {tool: statistics.median(r["seconds"]) for tool, r in results.items()}
     for tool, r in results.items():
         print(
-            f"{tool:<12} {r['seconds']:8.1f} {cases / r['seconds']:8.3f} {r['peak_bytes'] / 1e9:8.2f} "
+            f"{tool:<12} {seconds[tool]:8.1f} {cases / seconds[tool]:8.3f} {r['peak_bytes'] / 1e9:8.2f} "
             f"{r['output_voxels'] / 1e6:15.1f}"
         )
     if len(results) == 2:
         ours, theirs = results["resseg"], results["nnU-Net v2"]
         print(
-            f"resseg / nnU-Net: throughput x{theirs['seconds'] / ours['seconds']:.2f}, "
+            f"resseg / nnU-Net: throughput x{seconds['nnU-Net v2'] / seconds['resseg']:.2f}, "
             f"peak memory x{ours['peak_bytes'] / theirs['peak_bytes']:.2f}"
         )
+
+
+def suite_rows(results: dict, args: argparse.Namespace) -> list:
+    """Cases/s of resseg against nnU-Net v2 (where it ran), for benchmarks/suite.py."""
+    ours, theirs = results["resseg"], results.get("nnU-Net v2")
+    return [
+        measured(
+            "preprocessing",
+            "cases / s",
+            [args.cases / seconds for seconds in ours["seconds"]],
+            [args.cases / seconds for seconds in theirs["seconds"]] if theirs else None,
+            against="nnU-Net v2" if theirs else None,
+            higher_is_better=True,
+            resseg_peak_gib=ours["peak_bytes"] / 2**30,
+            reference_peak_gib=theirs["peak_bytes"] / 2**30 if theirs else None,
+            note=f"{args.cases} cases at --scale {args.scale:g}, {args.workers} workers each",
+        )
+    ]
 
 
 def write_params(path: Path, params: dict) -> Path:
