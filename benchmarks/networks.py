@@ -1,7 +1,7 @@
 """Training speed and memory of every network preset in configs/models, side by side in one run.
 
     python benchmarks/networks.py [--quick] [--device auto|cpu|cuda] [--patch X Y Z] [--spacing X Y Z]
-                                  [--batch N] [--repeats N] [--presets NAME ...]
+                                  [--batch N] [--repeats N] [--presets NAME ...] [--rows PATH]
 
 Per preset: parameters; forward GFLOPs per patch (PyTorch's FlopCounterMode); training patches/s
 (forward + backward + SGD step on random data, median of --repeats steps after one warm-up step,
@@ -13,7 +13,8 @@ torch.cuda.max_memory_allocated.
 
 The default is the demo's plan (patch 80x80x32 at 1.8x1.8x4.1 mm, batch 2). --quick trains
 32x32x32 patches (no padding for the ResNet encoders) for three timed steps: under two minutes on
-two CPU cores for all presets.
+two CPU cores for all presets. --rows writes, per preset, the achieved GFLOP/s of every timed step
+against the matmul peak, for benchmarks/suite.py (benchmarks/rows.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import psutil
 import torch
+from preprocess_vs_nnunet import fill_defaults
+from rows import measured, write_rows
 from torch.nn import functional as F
 
 from pipeline.config import TrainParams, resolve_network
@@ -51,19 +54,37 @@ def main() -> None:
         "(min-max) | achieved GFLOP/s | matmul peak GFLOP/s | of peak | peak memory (MiB) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for name in args.presets:
         # A fresh process per preset: its peak memory must not include the previous preset's.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             job = pool.submit(measure, name, str(device), args.patch, args.spacing, args.batch, args.repeats)
-            row = job.result()
-        achieved = 3 * row["flops"] * row["patches_per_s"]
+            result = job.result()
+        speeds = result["patches_per_s"]
+        # 3x the forward FLOPs per trained patch: the forward, and a backward of about twice its work.
+        achieved = [3 * result["flops"] * speed / 1e9 for speed in speeds]
+        row = measured(
+            "training",
+            f"achieved GFLOP/s, {name}",
+            achieved,
+            [result["matmul_peak"] / 1e9],
+            against="matmul peak",
+            higher_is_better=True,
+            resseg_peak_gib=result["peak_bytes"] / 2**30,
+            device=device.type,
+            note=f"float32, patch {'x'.join(map(str, args.patch))}, batch {args.batch}",
+        )
+        rows.append(row)
         print(
-            f"| {name} | {row['architecture']} | {row['parameters'] / 1e6:.1f} | {row['flops'] / 1e9:.1f} | "
-            f"{row['patches_per_s']:.2f} ({row['slowest']:.2f}-{row['fastest']:.2f}) | "
-            f"{achieved / 1e9:.0f} | {row['matmul_peak'] / 1e9:.0f} | {achieved / row['matmul_peak']:.0%} | "
-            f"{row['peak_bytes'] / 2**20:.0f} |",
+            f"| {name} | {result['architecture']} | {result['parameters'] / 1e6:.1f} | "
+            f"{result['flops'] / 1e9:.1f} | "
+            f"{statistics.median(speeds):.2f} ({min(speeds):.2f}-{max(speeds):.2f}) | "
+            f"{row.resseg:.0f} | {row.reference:.0f} | {row.ratio:.0%} | "
+            f"{result['peak_bytes'] / 2**20:.0f} |",
             flush=True,
         )
+    if args.rows:
+        write_rows(args.rows, rows)
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,13 +98,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed steps; default 5 (--quick: 3)")
     parser.add_argument("--presets", nargs="+", default=sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
     parser.add_argument("--quick", action="store_true", help="small patches, few steps")
+    parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
     args = parser.parse_args()
-    quick = {"patch": [32, 32, 32], "repeats": 3}
-    full = {"patch": [80, 80, 32], "repeats": 5}
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return fill_defaults(
+        args, quick={"patch": [32, 32, 32], "repeats": 3}, full={"patch": [80, 80, 32], "repeats": 5}
+    )
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -154,9 +173,7 @@ def measure(
         "parameters": count_parameters(network),
         "flops": flops,
         "matmul_peak": matmul_peak,
-        "patches_per_s": statistics.median(speeds),
-        "slowest": min(speeds),
-        "fastest": max(speeds),
+        "patches_per_s": speeds,
         "peak_bytes": peak_bytes,
     }
 
