@@ -1,14 +1,18 @@
 """Real Lightning training steps per preset: patches/s, and the share of each step spent waiting
 for the data loader (patch sampling and augmentation).
 
-    python benchmarks/training.py [--presets resunet_small resenc_s] [--steps 30] [--workers 0 2]
+    python benchmarks/training.py [--quick] [--presets resunet_small resenc_s] [--steps 30]
+                                  [--workers 0 2] [--rows PATH]
 
 The cohort is resseg's synthetic CT (the demo's, 12 training cases), preprocessed once into
 --work. Each (preset, workers) pair trains --steps optimiser steps of the demo's plan with the
 full nnU-Net augmentation, through the same DataModule and LightningModule as `resseg train`.
 Waiting for data is the time between the end of one step and the start of the next; the rest
 is the step itself (forward, backward, optimiser). The first steps (warm-up, worker start) are
-not counted.
+not counted. patches/s is the batch size times the counted steps over their waiting and step
+time. --quick: resunet_small only, 10 steps. --rows writes each pair's patches/s, its range
+over the counted steps and the share waiting for data, for benchmarks/suite.py
+(benchmarks/rows.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from preprocess_vs_nnunet import fill_defaults
+from rows import Row, write_rows
 
 from pipeline import split
 from pipeline.cohort import synthetic
@@ -52,13 +58,7 @@ class StepTimer(L.Callback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["resunet_small", "resenc_s", "resnet18_unet"])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "resseg-bench-train")
-    args = parser.parse_args()
-
+    args = parse_args()
     preprocessed = prepare(args.work)
     plans = Plans.load(preprocessed / "plans.json")
     fold = json.loads((args.work / "splits.json").read_text())[0]
@@ -68,6 +68,7 @@ def main() -> None:
     )
     print("| preset | loader workers | patches/s | step (ms, median) | waiting for data |")
     print("|---|---:|---:|---:|---:|")
+    rows = []
     for preset in args.presets:
         for workers in args.workers:
             timer = train(preset, workers, args.steps, plans, preprocessed, fold)
@@ -75,6 +76,42 @@ def main() -> None:
             waiting = sum(timer.waits) / (sum(timer.waits) + sum(timer.steps))
             patches_per_s = plans.batch_size * len(timer.steps) / (sum(timer.waits) + sum(timer.steps))
             print(f"| {preset} | {workers} | {patches_per_s:.2f} | {per_step * 1000:.0f} | {waiting:.0%} |")
+            # Not the median step's rate: with loader workers, batches arrive unevenly (one step
+            # waits, the next finds its batch ready), and only the rate over all steps counts both.
+            step_rates = [plans.batch_size / (w + s) for w, s in zip(timer.waits, timer.steps, strict=True)]
+            rows.append(
+                Row(
+                    "training",
+                    f"patches / s, {preset}, {workers} workers",
+                    patches_per_s,
+                    (min(step_rates), max(step_rates)),
+                    len(timer.steps),
+                    higher_is_better=True,
+                    device="cuda" if accelerator == "gpu" else "cpu",
+                    note=f"{waiting:.0%} waiting for data; Lightning, patch "
+                    f"{'x'.join(map(str, plans.patch_size))}, batch {plans.batch_size}",
+                )
+            )
+    if args.rows:
+        write_rows(args.rows, rows)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--presets", nargs="+", help="default resunet_small resenc_s resnet18_unet (--quick: resunet_small)"
+    )
+    parser.add_argument("--steps", type=int, help="counted steps per run; default 30 (--quick: 10)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--quick", action="store_true", help="one small preset, few steps")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "resseg-bench-train")
+    parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
+    args = parser.parse_args()
+    return fill_defaults(
+        args,
+        quick={"presets": ["resunet_small"], "steps": 10},
+        full={"presets": ["resunet_small", "resenc_s", "resnet18_unet"], "steps": 30},
+    )
 
 
 def prepare(work: Path) -> Path:
