@@ -1,6 +1,7 @@
 """Evaluation speed and memory on one large case: resseg's metrics against PI-CAI's code, in one run.
 
     python benchmarks/evaluation.py [--quick] [--shape X Y Z] [--repeats N] [--budget SECONDS]
+                                    [--rows PATH]
 
 The case is synthetic, 512x512x300 voxels at 0.8x0.8x2.5 mm by default: an ellipsoid organ
 (label 1) holding eight spherical lesions (label 2); a prediction that shifts and rescales each of
@@ -20,7 +21,9 @@ matching; and one case evaluated from a PI-CAI detection map (each dynamic candi
 confidence). The peers, from PI-CAI's picai_eval (a dev dependency): report_guided_annotation's
 extraction with the same settings, checked to find the same candidates, and picai_eval's
 evaluate_case on the same detection map and lesion mask, checked to detect the same lesions.
---quick: a 224x224x64 case, at most 10 s per step, about a minute on two cores.
+--quick: a 224x224x64 case, at most 10 s per step, about a minute on two cores. --rows writes
+each step's seconds against its PI-CAI peer where it has one, for benchmarks/suite.py
+(benchmarks/rows.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from preprocess_vs_nnunet import fill_defaults
+from rows import measured, write_rows
 
 from pipeline.evaluate.detection import Candidates, extract_candidates, match_lesions, reference_lesions
 from pipeline.evaluate.segmentation import label_scores
@@ -117,8 +122,9 @@ def main() -> None:
         ),
     ]
 
+    size = f"{'x'.join(map(str, args.shape))} voxels at {'x'.join(map(str, SPACING))} mm"
     print(
-        f"case: {'x'.join(map(str, args.shape))} voxels at {'x'.join(map(str, SPACING))} mm; "
+        f"case: {size}; "
         f"Dice organ {scores[ORGAN].dice:.2f}, lesion {scores[LESION].dice:.2f}; {len(lesions)} reference "
         f"lesions, {len(fixed)} candidates at {THRESHOLD}, {len(dynamic)} dynamic, {detected} detected; "
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores); "
@@ -131,9 +137,11 @@ def main() -> None:
         "| peak MiB | PI-CAI / resseg time |"
     )
     print("|---|---|---:|---:|---|---:|---:|---:|")
+    rows = []
     for step, ours_name, ours, peer in steps:
         mine = measure(ours, args.repeats, args.budget)
         cells = [step, f"`{ours_name}`", timing(mine), mebibytes(mine["peak_bytes"])]
+        theirs = peer_name = None
         if peer is None:
             cells += ["-", "-", "-", "-"]
         else:
@@ -143,6 +151,20 @@ def main() -> None:
             ratio = statistics.median(theirs["seconds"]) / statistics.median(mine["seconds"])
             cells += [peer_name, timing(theirs), mebibytes(theirs["peak_bytes"]), f"{ratio:.1f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
+        rows.append(
+            measured(
+                "evaluation",
+                f"s, {step}",
+                mine["seconds"],
+                theirs["seconds"] if theirs else None,
+                against=f"PI-CAI ({peer_name})" if theirs else None,
+                resseg_peak_gib=gibibytes(mine["peak_bytes"]),
+                reference_peak_gib=gibibytes(theirs["peak_bytes"]) if theirs else None,
+                note=f"one case of {size}",
+            )
+        )
+    if args.rows:
+        write_rows(args.rows, rows)
 
 
 def parse_args() -> argparse.Namespace:
@@ -155,13 +177,13 @@ def parse_args() -> argparse.Namespace:
         "--budget", type=float, help="seconds per step after which no run starts; default 300 (--quick: 10)"
     )
     parser.add_argument("--quick", action="store_true", help="a smaller case, fewer runs")
+    parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
     args = parser.parse_args()
-    quick = {"shape": [224, 224, 64], "repeats": 3, "budget": 10.0}
-    full = {"shape": [512, 512, 300], "repeats": 5, "budget": 300.0}
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return fill_defaults(
+        args,
+        quick={"shape": [224, 224, 64], "repeats": 3, "budget": 10.0},
+        full={"shape": [512, 512, 300], "repeats": 5, "budget": 300.0},
+    )
 
 
 def make_case(shape: tuple[int, int, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -287,6 +309,10 @@ def timing(result: dict) -> str:
 
 def mebibytes(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.0f}"
+
+
+def gibibytes(value: int | None) -> float | None:
+    return None if value is None else value / 2**30
 
 
 if __name__ == "__main__":
