@@ -1,9 +1,12 @@
 """Peak memory of preprocessing one large CT (512x512x600 voxels by default), one worker.
 
-    python benchmarks/preprocess_memory.py [--slices 600]
+    python benchmarks/preprocess_memory.py [--quick] [--slices 600] [--rows PATH]
 
 Memory must stay at a few GB whatever the scan size: one case per worker, and resampling by
 interpolation rather than through a sampling grid (see pipeline/preprocess/transforms.py).
+The scan is written once into --work; the peak is the summed RSS of `resseg preprocess`'s
+process tree, sampled every 0.1 s. --quick: 512x512x300 voxels. --rows writes the seconds, the
+peak and its ratio to the scan's float32 size for benchmarks/suite.py (benchmarks/rows.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from preprocess_vs_nnunet import resseg, run_measured, write_params
+from preprocess_vs_nnunet import fill_defaults, resseg, run_measured, write_params
+from rows import measured, write_rows
 
 from pipeline.cohort.dataset import write_dataset_json
 from pipeline.io import write_volume
@@ -37,10 +41,12 @@ def write_large_ct(root: Path, slices: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=600)
+    parser.add_argument("--slices", type=int, help="default 600 (--quick: 300)")
     parser.add_argument("--target-spacing", type=float, nargs=3, default=[1.0, 1.0, 1.5])
+    parser.add_argument("--quick", action="store_true", help="half the slices")
     parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench-large"))
-    args = parser.parse_args()
+    parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
+    args = fill_defaults(parser.parse_args(), quick={"slices": 300}, full={"slices": 600})
 
     cohort = args.work / f"cohort_{args.slices}"
     if not (cohort / "dataset.json").exists():
@@ -55,6 +61,15 @@ def main() -> None:
     print(
         f"512x512x{args.slices:<10} {scan_gb:10.2f} {seconds:8.1f} {peak_gb:8.2f} {peak_gb / scan_gb:11.1f}"
     )
+    if args.rows:
+        row = measured(
+            "preprocessing",
+            "s, one large CT",
+            [seconds],
+            resseg_peak_gib=peak / 2**30,
+            note=f"512x512x{args.slices}, one worker; peak {peak_gb / scan_gb:.1f}x the scan's float32 size",
+        )
+        write_rows(args.rows, [row])
 
 
 if __name__ == "__main__":
