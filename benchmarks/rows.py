@@ -18,7 +18,7 @@ from pathlib import Path
 class Row:
     step: str  # preprocessing, training, inference, evaluation, scaling
     measure: str  # what is compared, with its unit: "s / scan", "cases / s", "GFLOP/s"
-    resseg: float  # the median over the repetitions
+    resseg: float  # the median over the repetitions (a rate: over all of them, waits included)
     resseg_range: tuple[float, float]  # the fastest and the slowest repetition
     repeats: int
     reference: float | None = None  # the same measure of the reference, measured in the same run
