@@ -2,7 +2,7 @@
 
 The page holds, from top to bottom:
 
-- the title, the number of cases and when the page was written;
+- the title and the number of cases (no date: the same inputs give the same page, as DVC expects);
 - Segmentation: per label, Dice, NSD and HD95 (mm) as mean [95% bootstrap interval], median and
   how many cases were summarised or left out, then how many cases fell under each convention for
   an absent structure (``pipeline.evaluate.segmentation``);
@@ -26,7 +26,6 @@ import html
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -167,10 +166,9 @@ def write_report(
 ) -> None:
     """Write the page described in the module docstring to ``path``, atomically."""
     detection = metrics.get("detection") or {}
-    n_cases, written = metrics["n_cases"], datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     sections = [
         f"<h1>{_text(title)}</h1>",
-        f"<p>{_text(f'{n_cases} cases · written {written}')}</p>",
+        f"<p>{metrics['n_cases']} cases</p>",
         _segmentation_section(metrics["segmentation"]),
         _detection_section(detection),
         _curves_section(curves, detection),

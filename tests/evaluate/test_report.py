@@ -332,6 +332,13 @@ def test_report_is_a_self_contained_page(tmp_path):
     assert "worst: case_beta — mean Dice 0.812" in text
 
 
+def test_the_same_inputs_give_the_same_page(tmp_path):
+    """DVC hashes report.html: a page that changed with the clock would never be up to date."""
+    write_report(tmp_path / "first.html", **report_inputs())
+    write_report(tmp_path / "second.html", **report_inputs())
+    assert (tmp_path / "first.html").read_bytes() == (tmp_path / "second.html").read_bytes()
+
+
 def test_report_tables_show_values_and_reasons(tmp_path):
     path = tmp_path / "report.html"
     write_report(path, **report_inputs())
