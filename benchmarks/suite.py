@@ -98,7 +98,7 @@ def report(rows: list[Row], args, device: str, started: datetime, seconds: dict,
     ]
     for row in rows:
         reference = f"{number(row.reference)} ({span(row.reference_range)})" if row.reference else ""
-        ratio = f"{row.ratio:.2f}x" if row.ratio else ""
+        ratio = f"{number(row.ratio)}x" if row.ratio else ""
         peaks = " / ".join(
             number(p) if p is not None else "-" for p in (row.resseg_peak_gib, row.reference_peak_gib)
         )

@@ -42,6 +42,6 @@ def test_the_table_has_a_line_per_row_with_its_ratio_and_the_failures():
     inference, training = (
         line for line in lines if line.startswith("| inference") or line.startswith("| training")
     )
-    assert "| 2 (2-2), 1 runs | 5 (5-5) | nnU-Net v2 | 0.40x | 2.4 / - |" in inference
+    assert "| 2 (2-2), 1 runs | 5 (5-5) | nnU-Net v2 | 0.4x | 2.4 / - |" in inference
     assert "patches / s (higher is better) | 11 (10-12), 2 runs |" in training
     assert lines[-1] == "Failed: scaling.py (exit 1)"
