@@ -1,13 +1,16 @@
 """Training speed and memory of every network preset in configs/models, side by side in one run.
 
-    python benchmarks/networks.py [--quick] [--device auto|cpu|cuda] [--patch X Y Z] [--spacing X Y Z]
+    python benchmarks/networks.py [--quick] [--device auto|cpu|cuda] [--precision auto|fp32|mixed]
+                                  [--patch X Y Z] [--spacing X Y Z]
                                   [--batch N] [--repeats N] [--presets NAME ...] [--rows PATH]
 
 Per preset: parameters; forward GFLOPs per patch (PyTorch's FlopCounterMode); training patches/s
 (forward + backward + SGD step on random data, median of --repeats steps after one warm-up step,
 with the slowest and fastest); the achieved GFLOP/s (3x the forward FLOPs per trained patch) and
 its share of a float32 matrix-multiply peak measured on the same device just before the preset's
-steps; and the peak memory. Each preset runs in a fresh process so that its peak is its own: on CPU the peak
+steps (in the same arithmetic as the steps: with --precision mixed, float16 on CUDA as
+``train.precision: auto`` trains there, with a gradient scaler, and bfloat16 on a CPU); and the
+peak memory. Each preset runs in a fresh process so that its peak is its own: on CPU the peak
 resident memory above the process's baseline once torch and MONAI are loaded, on GPU
 torch.cuda.max_memory_allocated.
 
@@ -45,9 +48,11 @@ IN_CHANNELS, OUT_CHANNELS = 1, 3  # the demo: one CT channel; background, organ,
 def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.precision, device)
+    arithmetic = str(dtype).removeprefix("torch.")
     print(
         f"device: {describe(device)}; torch {torch.__version__}; patch {args.patch} at {args.spacing} mm; "
-        f"batch {args.batch}; median of {args.repeats} steps\n"
+        f"batch {args.batch}; {arithmetic}; median of {args.repeats} steps\n"
     )
     print(
         "| preset | architecture | parameters (M) | forward GFLOPs / patch | training patches/s "
@@ -58,7 +63,9 @@ def main() -> None:
     for name in args.presets:
         # A fresh process per preset: its peak memory must not include the previous preset's.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            job = pool.submit(measure, name, str(device), args.patch, args.spacing, args.batch, args.repeats)
+            job = pool.submit(
+                measure, name, str(device), dtype, args.patch, args.spacing, args.batch, args.repeats
+            )
             result = job.result()
         speeds = result["patches_per_s"]
         # 3x the forward FLOPs per trained patch: the forward, and a backward of about twice its work.
@@ -72,7 +79,7 @@ def main() -> None:
             higher_is_better=True,
             resseg_peak_gib=result["peak_bytes"] / 2**30,
             device=device.type,
-            note=f"float32, patch {'x'.join(map(str, args.patch))}, batch {args.batch}",
+            note=f"{arithmetic}, patch {'x'.join(map(str, args.patch))}, batch {args.batch}",
         )
         rows.append(row)
         print(
@@ -90,6 +97,12 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "mixed"],
+        default="auto",
+        help="auto: mixed on CUDA (as training there), fp32 on a CPU",
+    )
     parser.add_argument("--patch", type=int, nargs=3, help="default 80 80 32 (--quick: 32 32 32)")
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.8, 1.8, 4.1])
     # 2, the plan's least: the ResNet encoders' batch norm needs two values per channel, and
@@ -103,6 +116,13 @@ def parse_args() -> argparse.Namespace:
     return fill_defaults(
         args, quick={"patch": [32, 32, 32], "repeats": 3}, full={"patch": [80, 80, 32], "repeats": 5}
     )
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The steps' arithmetic: float32, or what autocast computes in on this device."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return torch.float32
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -119,25 +139,31 @@ def describe(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def matmul_peak_flops(device: torch.device) -> float:
-    """The best of a few float32 products of large square matrices: the device's practical peak."""
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The best of a few products of large square matrices: the device's practical peak."""
     n = 8192 if device.type == "cuda" else 2048
     # Compare like with like: cuDNN convolutions may use TF32 (PyTorch's default), so may the peak.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     seconds = min(timed(lambda: a @ b, device) for _ in range(5))
     return 2 * n**3 / seconds
 
 
 def measure(
-    name: str, device_name: str, patch: list[int], spacing: list[float], batch: int, repeats: int
+    name: str,
+    device_name: str,
+    dtype: torch.dtype,
+    patch: list[int],
+    spacing: list[float],
+    batch: int,
+    repeats: int,
 ) -> dict:
     device = torch.device(device_name)
     torch.manual_seed(0)
     # Measured next to each preset's steps, so that a machine shared with other work (a CPU
     # especially) slows both alike and the ratio stays meaningful; before the memory baseline,
     # so that its matrices do not count.
-    matmul_peak = matmul_peak_flops(device)
+    matmul_peak = matmul_peak_flops(device, dtype)
     baseline = psutil.Process().memory_info().rss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -150,17 +176,23 @@ def measure(
     image = torch.randn(batch, IN_CHANNELS, *patch, device=device)
     label = torch.randint(0, OUT_CHANNELS, (batch, 1, *patch), device=device).float()
 
+    mixed = dtype != torch.float32
+    # float16 gradients underflow without a scaler (Lightning's 16-mixed uses one too).
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        outputs = network(image)
-        outputs = outputs if isinstance(outputs, list) else [outputs]
-        # Deep supervision: each output against the label at its resolution, as in training.
-        loss = sum(
-            F.cross_entropy(out, F.interpolate(label, size=out.shape[2:], mode="nearest")[:, 0].long())
-            for out in outputs
-        )
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=dtype, enabled=mixed):
+            outputs = network(image)
+            outputs = outputs if isinstance(outputs, list) else [outputs]
+            # Deep supervision: each output against the label at its resolution, as in training.
+            loss = sum(
+                F.cross_entropy(out, F.interpolate(label, size=out.shape[2:], mode="nearest")[:, 0].long())
+                for out in outputs
+            )
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     timed(step, device)  # warm-up: cuDNN's algorithm search, the allocator, first-touch pages
     speeds = [batch / timed(step, device) for _ in range(repeats)]
