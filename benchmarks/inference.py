@@ -46,6 +46,7 @@ import threading
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -371,13 +372,14 @@ class StageTimer:
         return timed
 
 
-def child(tool: str, job: dict) -> None:
-    """Run one tool in this process and write its timings to job["result"]; the log takes what
-    the tool prints (a pipe left unread could block it)."""
+def run_child(measure: Callable[[dict], dict], job: dict) -> None:
+    """Measure one tool in this process and write its figures to job["result"]; the log takes
+    what the tool prints (a pipe left unread could block it). training_vs_nnunet.py's children
+    run here too."""
     with open(job["log"], "w") as log:
         sys.stdout = sys.stderr = log
         try:
-            result = resseg_child(job) if tool == "resseg" else nnunet_child(job)
+            result = measure(job)
         except BaseException:
             traceback.print_exc(file=sys.__stderr__)
             sys.exit(1)
@@ -602,9 +604,14 @@ def met(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
-if __name__ == "__main__":
+def run_script(main: Callable, parse_args: Callable, children: dict[str, Callable[[dict], dict]]) -> None:
+    """A script comparing tools: ``main`` in the parent; with --child, one tool's measurement."""
     arguments = parse_args()
     if arguments.child:
-        child(arguments.child, json.loads(arguments.job.read_text()))
+        run_child(children[arguments.child], json.loads(arguments.job.read_text()))
     else:
         main(arguments)
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args, {"resseg": resseg_child, "nnunet": nnunet_child})

@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
 from datetime import date
 from pathlib import Path
 
@@ -198,21 +197,6 @@ def run_tool(tool: str, python: str, job: dict, work: Path, env: dict) -> dict:
     return {**json.loads(Path(job["result"]).read_text()), **peaks}
 
 
-def child(tool: str, job: dict) -> None:
-    """Run one tool in this process and write its timings to job["result"]; the log takes what
-    the tool prints."""
-    with open(job["log"], "w") as log:
-        sys.stdout = sys.stderr = log
-        try:
-            result = resseg_child(job) if tool == "resseg" else nnunet_child(job)
-        except BaseException:
-            traceback.print_exc(file=sys.__stderr__)
-            sys.exit(1)
-        finally:
-            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    Path(job["result"]).write_text(json.dumps(result))
-
-
 def build_network(preset: str, plans):
     """The preset for this plan with seeded initial weights, as training.train builds it."""
     import torch
@@ -357,8 +341,6 @@ def precision() -> str:
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    if arguments.child:
-        child(arguments.child, json.loads(arguments.job.read_text()))
-    else:
-        main(arguments)
+    from inference import run_script
+
+    run_script(main, parse_args, {"resseg": resseg_child, "nnunet": nnunet_child})
