@@ -194,7 +194,8 @@ class TrainParams(Section):
 class PredictParams(Section):
     # Sliding windows: the fraction by which neighbours overlap (Gaussian-weighted blending).
     overlap: Annotated[float, Field(ge=0, lt=1)] = 0.5
-    # Windows per forward pass; on CPU one is fastest (fewer cache misses), a GPU may want more.
+    # Windows per forward pass: on the development CPU one is fastest (benchmarks/README.md,
+    # "Inference"); a GPU may want more.
     sw_batch_size: PositiveInt = 1
     # The network's arithmetic: auto is mixed precision where the device has it (float16 on CUDA,
     # bfloat16 on CPUs with native bfloat16), else fp32; or fp32, bf16, fp16.

@@ -42,7 +42,9 @@ def available_memory(
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 limits.append(int(line.split()[1]) * 1024)  # the kernel counts in KiB
-    limit, current = cgroup / "memory.max", cgroup / "memory.current"
-    if limit.is_file() and current.is_file() and limit.read_text().strip() != "max":
-        limits.append(int(limit.read_text()) - int(current.read_text()))
+    limit_file, current_file = cgroup / "memory.max", cgroup / "memory.current"
+    if limit_file.is_file() and current_file.is_file():
+        limit = limit_file.read_text().strip()
+        if limit != "max":  # cgroup v2's word for no limit
+            limits.append(int(limit) - int(current_file.read_text()))
     return min(limits) if limits else None

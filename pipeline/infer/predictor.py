@@ -130,13 +130,14 @@ class Predictor:
         (the blended volume accumulates in float32); with mirroring, averaged over the window and
         its 7 mirror images, each flipped back."""
         dtype = AUTOCAST_DTYPES.get(self.precision)
+        mirrors = MIRRORS if self.mirror else []
 
         def forward(windows: torch.Tensor) -> torch.Tensor:
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 logits = network(windows).float()
-                for axes in MIRRORS if self.mirror else []:
+                for axes in mirrors:
                     logits += torch.flip(network(torch.flip(windows, axes)), axes).float()
-            return logits / (len(MIRRORS) + 1) if self.mirror else logits
+            return logits / (len(mirrors) + 1)
 
         return forward
 
