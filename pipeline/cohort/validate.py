@@ -28,8 +28,10 @@ class CaseReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     shape: list[int] | None = None
-    spacing: list[float] | None = None
+    spacing: list[float] | None = None  # per stored axis, as the file gives it
     orientation: str | None = None
+    # Per anatomical axis (R, A, S), as preprocessing sees it: what the cohort is compared on.
+    spacing_ras: list[float] | None = None
     intensity: list[dict] | None = None  # per channel: min, max, p0.5, p99.5
     label_voxels: dict[str, int] | None = None
 
@@ -62,6 +64,7 @@ def check_image(report: CaseReport, image: Volume, channel_names: list[str]) -> 
     report.shape = list(image.shape)
     report.spacing = [round(s, 4) for s in image.spacing]
     report.orientation = "".join(nib.aff2axcodes(image.affine))
+    report.spacing_ras = [round(s, 4) for s in image.in_ras_frame().spacing]
     if image.n_channels != len(channel_names):
         report.errors.append(
             f"image has {image.n_channels} channel(s), dataset declares {len(channel_names)}"
@@ -114,16 +117,18 @@ def check_label(
 
 def flag_outliers(reports: list[CaseReport]) -> None:
     """Spacing or size far from the cohort's median: often a wrong file or a different protocol."""
-    measured = [r for r in reports if r.spacing is not None and r.shape is not None]
+    measured = [r for r in reports if r.spacing_ras is not None and r.shape is not None]
     if len(measured) < 3:
         return
-    median_spacing = np.median([r.spacing for r in measured], axis=0)
+    median_spacing = np.median([r.spacing_ras for r in measured], axis=0)
     median_voxels = np.median([np.prod(r.shape) for r in measured])
     for report in measured:
-        ratio = np.array(report.spacing) / median_spacing
+        ratio = np.array(report.spacing_ras) / median_spacing
         if np.any(ratio > OUTLIER_FACTOR) or np.any(ratio < 1 / OUTLIER_FACTOR):
             median = np.round(median_spacing, 3).tolist()
-            report.warnings.append(f"spacing {report.spacing} is an outlier (cohort median {median})")
+            report.warnings.append(
+                f"spacing {report.spacing_ras} (R, A, S axes) is an outlier (cohort median {median})"
+            )
         size = np.prod(report.shape) / median_voxels
         if size > OUTLIER_FACTOR**2 or size < 1 / OUTLIER_FACTOR**2:
             report.warnings.append(f"shape {report.shape} is an outlier ({size:.2g}x the median voxel count)")

@@ -79,6 +79,17 @@ class Volume:
     def n_channels(self) -> int:
         return 1 if self.array.ndim == 3 else self.array.shape[3]
 
+    def in_ras_frame(self) -> Volume:
+        """The same voxels with the axes permuted and flipped to the nearest RAS order (a view,
+        no copy): the frame MONAI's ``Orientationd`` brings every case to, and so the one the
+        network sees. Spacing, shape and array of the result follow the anatomy's axes (x = right,
+        y = anterior, z = superior) whatever order the file stored them in. An oblique volume is
+        only permuted and flipped: its direction cosines stay in the affine."""
+        orientation = nib.orientations.io_orientation(self.affine)
+        array = nib.orientations.apply_orientation(self.array, orientation)
+        affine = self.affine @ nib.orientations.inv_ornt_aff(orientation, self.shape)
+        return Volume(array, affine)
+
 
 def volume_ending(path: str | Path) -> str | None:
     """The recognised file ending of ``path`` ('.nii.gz', '.nrrd' ...), or None."""

@@ -16,8 +16,8 @@ SAMPLES_PER_CASE = 10_000
 @dataclass(frozen=True)
 class CaseFingerprint:
     name: str
-    spacing: list[float]
-    shape: list[int]  # after cropping to the non-zero bounding box, as preprocessing does
+    spacing: list[float]  # per RAS axis
+    shape: list[int]  # per RAS axis, after cropping to the non-zero box as preprocessing does
     foreground_samples: np.ndarray  # (channels, n)
 
 
@@ -31,8 +31,8 @@ class ChannelStatistics:
 
 @dataclass(frozen=True)
 class Fingerprint:
-    spacings: np.ndarray  # (cases, 3)
-    shapes: np.ndarray  # (cases, 3)
+    spacings: np.ndarray  # (cases, 3), RAS axes
+    shapes: np.ndarray  # (cases, 3), RAS axes
     channels: list[ChannelStatistics]
 
     def to_dict(self) -> dict:
@@ -46,7 +46,12 @@ class Fingerprint:
 
 
 def fingerprint_case(case: Case, n_channels: int, seed: int) -> CaseFingerprint:
-    image, label = read_volume(case.image, max_channels=n_channels), read_volume(case.label)
+    """Measured in the RAS frame that preprocessing brings the case to, so that a cohort whose
+    files store their axes in different orders (sagittal acquisitions, slices-first converters)
+    is planned per anatomical axis; the foreground is sampled in that frame's voxel order too,
+    so that the statistics do not depend on the storage order either."""
+    image = read_volume(case.image, max_channels=n_channels).in_ras_frame()
+    label = read_volume(case.label).in_ras_frame()
     channels = image.array if image.array.ndim == 4 else image.array[..., None]
     foreground = np.asarray(label.array) > 0
     rng = np.random.default_rng(seed)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.cohort import qc
+from pipeline.cohort.validate import CaseReport, check_case, flag_outliers
 from pipeline.config import ValidateParams
 from pipeline.errors import InputDataError
-from pipeline.io import read_volume, write_volume
+from pipeline.io import Volume, read_volume, write_volume
 
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 
@@ -90,9 +91,6 @@ def test_clean_cohort_passes_and_records_geometry(cohort_dir, tmp_path):
 
 
 def test_warnings_for_empty_label_outliers_and_non_ct_intensities(tmp_path):
-    from pipeline.cohort.validate import CaseReport, check_case, flag_outliers
-    from pipeline.io import Volume
-
     image = Volume(np.full((10, 10, 10), 100, np.int16), AFFINE)  # no air: not HU-like
     empty = Volume(np.zeros((10, 10, 10), np.uint8), AFFINE)
     report = check_case(CaseReport("a", "train"), image, empty, ["CT"], {0: "bg", 1: "organ"}, 1e-3)
@@ -100,8 +98,10 @@ def test_warnings_for_empty_label_outliers_and_non_ct_intensities(tmp_path):
     assert any("does not look like CT" in w for w in report.warnings)
     assert any("label is empty" in w for w in report.warnings)
 
-    reports = [CaseReport(f"c{i}", "train", spacing=[1.0, 1.0, 3.0], shape=[100, 100, 50]) for i in range(4)]
-    reports.append(CaseReport("odd", "train", spacing=[1.0, 1.0, 10.0], shape=[400, 400, 50]))
+    reports = [
+        CaseReport(f"c{i}", "train", spacing_ras=[1.0, 1.0, 3.0], shape=[100, 100, 50]) for i in range(4)
+    ]
+    reports.append(CaseReport("odd", "train", spacing_ras=[1.0, 1.0, 10.0], shape=[400, 400, 50]))
     flag_outliers(reports)
     assert [r.case for r in reports if r.warnings] == ["odd"]
     assert any("spacing" in w for w in reports[-1].warnings) and any(
@@ -114,3 +114,18 @@ def test_gzip_is_really_truncated(cohort, tmp_path):
     break_case(cohort, "truncated")
     with pytest.raises((EOFError, OSError)):
         gzip.decompress((cohort / "imagesTr/synth_001.nii.gz").read_bytes())
+
+
+def test_a_case_stored_slices_first_is_not_a_spacing_outlier():
+    """Spacings are compared per anatomical axis: 3 mm slices stored as the first axis are the
+    cohort's 3 mm slices, not an outlier in x."""
+    image = np.full((6, 8, 8), -1000, np.int16)
+    axial = Volume(image.transpose(1, 2, 0), np.diag([1.0, 1.0, 3.0, 1.0]))
+    slices_first = Volume(image, np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]]))
+    reports = [
+        check_case(CaseReport(f"c{i}", "test"), axial, None, ["CT"], {0: "bg"}, 1e-3) for i in range(4)
+    ]
+    odd = check_case(CaseReport("odd", "test"), slices_first, None, ["CT"], {0: "bg"}, 1e-3)
+    assert odd.spacing == [3.0, 1.0, 1.0] and odd.spacing_ras == [1.0, 1.0, 3.0]
+    flag_outliers([*reports, odd])
+    assert not any(r.warnings for r in [*reports, odd])
