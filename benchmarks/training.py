@@ -131,7 +131,13 @@ def train(preset: str, workers: int, steps: int, plans: Plans, preprocessed: Pat
     description = ModelDescription(resolve_network(params), plans, plans.patch_size)
     module = SegmentationModule(description.build(), plans.foreground_labels, plans.patch_size, params)
     data = PreprocessedDataModule(
-        preprocessed, fold, plans.patch_size, list(plans.target_spacing), plans.batch_size, params
+        preprocessed,
+        fold,
+        plans.patch_size,
+        list(plans.target_spacing),
+        len(plans.labels),
+        plans.batch_size,
+        params,
     )
     timer = StepTimer()
     trainer = L.Trainer(

@@ -1,10 +1,13 @@
 """Training patches and their augmentation: nnU-Net's recipe, built from MONAI transforms.
 
-A patch is cropped larger than the network's patch (centred on foreground for the requested
-share of patches), rotated and scaled about its centre, cut to the patch size, then mirrored
-and given intensity changes. Cutting after the rotation keeps the empty corners that a
-rotation would bring in outside the patch, and keeps a foreground-centred patch centred on
-foreground.
+A patch is cropped larger than the network's patch, rotated and scaled about its centre, cut
+to the patch size, then mirrored and given intensity changes. Cutting after the rotation keeps
+the empty corners that a rotation would bring in outside the patch, and keeps a
+foreground-centred patch centred on foreground.
+
+Where the crop lies is nnU-Net's rule: for the requested share of patches, a foreground *class*
+present in the case is drawn first (each equally likely), then a voxel of that class, so a
+small lesion is centred as often as the organ around it; the other patches lie anywhere.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ from collections.abc import Sequence
 
 from monai.transforms import (
     Compose,
+    OneOf,
     Rand3DElasticd,
     RandAdjustContrastd,
     RandAffined,
-    RandCropByPosNegLabeld,
+    RandCropByLabelClassesd,
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
     RandScaleIntensityd,
     RandScaleIntensityFixedMeand,
     RandSimulateLowResolutiond,
+    RandSpatialCropSamplesd,
     SpatialPadd,
 )
 
@@ -32,14 +37,19 @@ from pipeline.config import AugmentationParams
 KEYS = ("image", "label")
 # A thick-slice axis (spacing this many times the finest) is not rotated into the others.
 ANISOTROPY_RATIO = 3.0
+# The background's weight among the classes a foreground-centred crop draws from: it only
+# matters, and then decides alone, in a case whose label holds no foreground at all.
+BACKGROUND_FALLBACK_WEIGHT = 1e-9
 
 
 def training_patches(
     patch_size: Sequence[int],
     spacing: Sequence[float],
+    n_classes: int,
     foreground_fraction: float,
     params: AugmentationParams,
 ) -> Compose:
+    """``n_classes`` counts the background."""
     in_plane = _in_plane_axes(spacing)
     crop_size = _crop_size(patch_size, params, in_plane)
     rotation = math.radians(params.rotation_degrees)
@@ -48,14 +58,7 @@ def training_patches(
     scale_range = [(params.scale_range[0] - 1, params.scale_range[1] - 1)] * 3
     spatial = [
         SpatialPadd(KEYS, spatial_size=crop_size),
-        RandCropByPosNegLabeld(
-            KEYS,
-            label_key="label",
-            spatial_size=crop_size,
-            pos=foreground_fraction,
-            neg=1 - foreground_fraction,
-            num_samples=1,
-        ),
+        crop_location(crop_size, n_classes, foreground_fraction),
         RandAffined(
             KEYS,
             spatial_size=patch_size,
@@ -100,6 +103,22 @@ def training_patches(
         ),
     ]
     return Compose([*spatial, *intensity])
+
+
+def crop_location(crop_size: Sequence[int], n_classes: int, foreground_fraction: float) -> OneOf:
+    """nnU-Net's oversampling: class first, then a voxel of it; otherwise anywhere. Both crops
+    return a list of one sample, so batches collate alike."""
+    foreground_centred = RandCropByLabelClassesd(
+        KEYS,
+        label_key="label",
+        spatial_size=crop_size,
+        ratios=[BACKGROUND_FALLBACK_WEIGHT] + [1.0] * (n_classes - 1),
+        num_classes=n_classes,
+        num_samples=1,
+        warn=False,  # a class absent from the case is simply not drawn (lesion-free cases)
+    )
+    anywhere = RandSpatialCropSamplesd(KEYS, roi_size=crop_size, num_samples=1, random_size=False)
+    return OneOf([foreground_centred, anywhere], weights=[foreground_fraction, 1 - foreground_fraction])
 
 
 def _in_plane_axes(spacing: Sequence[float]) -> list[int]:

@@ -43,20 +43,27 @@ class PreprocessedDataModule(L.LightningDataModule):
         fold: dict,
         patch_size: list[int],
         spacing: list[float],
+        n_classes: int,
         batch_size: int,
         params: TrainParams,
     ):
+        """``n_classes`` counts the background."""
         super().__init__()
         self.preprocessed_dir = Path(preprocessed_dir)
         self.fold = fold
         self.patch_size = patch_size
         self.spacing = spacing
+        self.n_classes = n_classes
         self.batch_size = batch_size
         self.params = params
 
     def setup(self, stage: str) -> None:
         patches = training_patches(
-            self.patch_size, self.spacing, self.params.foreground_fraction, self.params.augmentation
+            self.patch_size,
+            self.spacing,
+            self.n_classes,
+            self.params.foreground_fraction,
+            self.params.augmentation,
         )
         self.train_set = CacheDataset(
             case_files(self.preprocessed_dir, self.fold["train"]),

@@ -25,11 +25,14 @@ class SegmentationModule(L.LightningModule):
         self.label_names = label_names  # foreground only: value -> name
         self.patch_size = patch_size
         self.params = params
+        # nnU-Net's DC_and_CE_loss: the Dice term over the foreground classes only, each computed
+        # over the whole batch (a class absent from one patch still counts through the others).
         # A deeply supervised network returns logits at every decoder resolution; the label is
         # downsampled to each (nearest), and the coarser outputs weigh less (deep_supervision_weights).
-        self.loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
-        # Both empty counts as a perfect 1.0 (see README, "Metrics").
-        self.val_dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
+        self.loss = DeepSupervisionLoss(
+            DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        )
+        self.val_dice = ScoredDiceMetric(include_background=False, reduction="mean_batch")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.network(image)
@@ -56,11 +59,12 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # MONAI's metric gathers every process's cases before aggregating, so all processes hold
         # the same value; sync_dist then averages equal numbers (and keeps Lightning quiet).
-        per_label = self.val_dice.aggregate()
+        per_label, scored = self.val_dice.aggregate()
         self.val_dice.reset()
         for value, dice in zip(sorted(self.label_names), per_label, strict=True):
             self.log(f"val/dice_{self.label_names[value]}", dice, sync_dist=True)
-        self.log("val/dice_mean", per_label.mean(), prog_bar=True, sync_dist=True)
+        # Over the labels that some validation case scored (a label no case holds is left out).
+        self.log("val/dice_mean", per_label[scored > 0].mean(), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         p = self.params
@@ -79,6 +83,22 @@ class SegmentationModule(L.LightningModule):
             optimizer, total_iters=self.trainer.max_epochs, power=p.poly_power
         )
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+class ScoredDiceMetric(DiceMetric):
+    """MONAI's Dice with the evaluation's convention (README, "Metrics"): a case where both
+    reference and prediction lack a label is not scored for it (NaN, left out of the mean); a
+    prediction where the reference is empty scores 0."""
+
+    def __init__(self, **kwargs):
+        super().__init__(ignore_empty=False, get_not_nans=True, **kwargs)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dice = super()._compute_tensor(y_pred, y)
+        spatial = tuple(range(2, y.ndim))
+        start = 0 if self.include_background else 1
+        both_empty = (y[:, start:].sum(spatial) == 0) & (y_pred[:, start:].sum(spatial) == 0)
+        return torch.where(both_empty, torch.nan, dice)
 
 
 def deep_supervision_weights(levels: int) -> list[float]:

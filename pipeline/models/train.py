@@ -98,7 +98,9 @@ def run(
         log_every_n_steps=min(params.iterations_per_epoch, 50),
     )
     spacing = list(plans.target_spacing)
-    data = PreprocessedDataModule(preprocessed_dir, folds[fold], patch_size, spacing, batch_size, params)
+    data = PreprocessedDataModule(
+        preprocessed_dir, folds[fold], patch_size, spacing, len(plans.labels), batch_size, params
+    )
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
 
     summary = {

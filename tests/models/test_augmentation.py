@@ -1,5 +1,5 @@
-"""Training patches: the requested share is centred on foreground, and augmented patches keep
-their size and their label values."""
+"""Training patches: the requested share is centred on foreground, a foreground class first (as
+nnU-Net draws them), and augmented patches keep their size and their label values."""
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ def volume_with_small_foreground():
 @pytest.mark.parametrize("fraction", [0.33, 0.8])
 def test_requested_share_of_patches_is_centred_on_foreground(fraction):
     params = AugmentationParams(affine_prob=0.0)
-    patches = training_patches(PATCH, [1.0, 1.0, 1.0], fraction, params)
+    patches = training_patches(PATCH, [1.0, 1.0, 1.0], 2, fraction, params)
     set_rnd(patches, 0)
     centre = tuple(s // 2 for s in PATCH)
     n = 900
@@ -35,9 +35,48 @@ def test_requested_share_of_patches_is_centred_on_foreground(fraction):
     assert abs(on_foreground / n - fraction) < 0.07
 
 
+def organ_with_small_lesion(lesion: bool = True):
+    """A 20x20x10 organ (4000 voxels, label 1) holding a 2x2x2 lesion (8 voxels, label 2)."""
+    data = volume_with_small_foreground()
+    data["label"][:] = 0
+    data["label"][:, 10:30, 10:30, 5:15] = 1
+    if lesion:
+        data["label"][:, 19:21, 19:21, 9:11] = 2
+    return data
+
+
+def centre_labels(patches, data, n):
+    centre = (0, *(s // 2 for s in PATCH))
+    return [int(patches(data)[0]["label"][centre]) for _ in range(n)]
+
+
+def test_a_foreground_class_is_drawn_first_so_a_small_lesion_is_centred_as_often_as_the_organ():
+    """Of the foreground-centred half of the patches, half go to the 8-voxel lesion: a quarter of
+    all draws (a voxel-first draw would centre the lesion in 0.1% of them)."""
+    patches = training_patches(PATCH, [1.0, 1.0, 1.0], 3, 0.5, AugmentationParams(affine_prob=0.0))
+    set_rnd(patches, 0)
+    n = 1200
+    centres = centre_labels(patches, organ_with_small_lesion(), n)
+    # Binomial standard deviation of a 0.25 share at n=1200 is 0.0125; allow four of them. A
+    # patch placed anywhere lands on the lesion with chance 8/8112: negligible here.
+    assert abs(centres.count(2) / n - 0.25) < 0.05
+    # The organ: its forced quarter, and the random half lands on it with chance 4000/8112 ≈ 0.49.
+    assert abs(centres.count(1) / n - (0.25 + 0.5 * 3992 / 8112)) < 0.06
+
+
+def test_a_case_without_a_class_or_without_any_foreground_still_gets_its_patches():
+    patches = training_patches(PATCH, [1.0, 1.0, 1.0], 3, 1.0, AugmentationParams(affine_prob=0.0))
+    set_rnd(patches, 0)
+    # Lesion-free: every foreground-centred patch goes to the organ.
+    assert set(centre_labels(patches, organ_with_small_lesion(lesion=False), 50)) == {1}
+    empty = organ_with_small_lesion(lesion=False)
+    empty["label"][:] = 0
+    assert set(centre_labels(patches, empty, 20)) == {0}
+
+
 def test_augmented_patches_have_the_patch_size_and_only_the_label_values():
     params = AugmentationParams(affine_prob=1.0, elastic_prob=0.5, low_resolution_prob=1.0, gamma_prob=1.0)
-    patches = training_patches(PATCH, [0.8, 0.8, 3.0], 0.5, params)
+    patches = training_patches(PATCH, [0.8, 0.8, 3.0], 3, 0.5, params)
     set_rnd(patches, 1)
     data = volume_with_small_foreground()
     data["label"][:, 10:30, 10:30, 5:15] = 2

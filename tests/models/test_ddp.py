@@ -64,8 +64,15 @@ def test_two_process_ddp_training(preprocessed_dir, tmp_path):
     module = SegmentationModule(
         network, description.plans.foreground_labels, description.patch_size, TINY_TRAIN
     )
+    plans = description.plans
     data = PreprocessedDataModule(
-        preprocessed_dir, fold, description.patch_size, list(description.plans.target_spacing), 2, TINY_TRAIN
+        preprocessed_dir,
+        fold,
+        description.patch_size,
+        list(plans.target_spacing),
+        len(plans.labels),
+        2,
+        TINY_TRAIN,
     )
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     (single,) = trainer.validate(module, datamodule=data, verbose=False)
