@@ -158,11 +158,13 @@ def _evaluate_params(args: argparse.Namespace):
 
 
 def _dice_summary(metrics: dict) -> str:
-    summary = "mean Dice " + ", ".join(
-        f"{name} {m['mean']:.3f}"
-        for name, m in metrics["segmentation"]["dice"].items()
-        if m["mean"] is not None
-    )
+    dice = []
+    for name, m in metrics["segmentation"]["dice"].items():
+        # The mean is over the cases scored: a label absent from both masks is left out, and said so.
+        left_out = m["n_excluded"]
+        note = f" ({left_out} both-empty case{'s' * (left_out > 1)} left out)" if left_out else ""
+        dice.append(f"{name} {_number(m['mean'])}{note}")
+    summary = "mean Dice " + ", ".join(dice)
     for label, detection in metrics["detection"].items():
         cpm, auroc = detection["lesion"]["cpm"]["value"], detection["case"]["auroc"]["value"]
         summary += f"; {label} CPM {_number(cpm)}, case AUROC {_number(auroc)}"

@@ -4,8 +4,9 @@ The page holds, from top to bottom:
 
 - the title and the number of cases (no date: the same inputs give the same page, as DVC expects);
 - Segmentation: per label, Dice, NSD and HD95 (mm) as mean [95% bootstrap interval], median and
-  how many cases were summarised or left out, then how many cases fell under each convention for
-  an absent structure (``pipeline.evaluate.segmentation``);
+  how many cases were scored or left out (both masks empty), then how many cases fell under each
+  convention for an absent structure (``pipeline.evaluate.segmentation``), which says how many
+  were left out and how many took the worst-case HD95;
 - Detection, per lesion label: CPM, lesion AP, the operating point, the sensitivity at each FP
   rate, case AUROC, AP, sensitivity and specificity, and the counts behind them
   (``pipeline.evaluate.detection``); a metric a cohort cannot define shows as "—" with its reason;
@@ -36,6 +37,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from scipy import ndimage
 
 from pipeline.evaluate.detection import FULL_CONNECTIVITY
+from pipeline.evaluate.segmentation import BOTH_EMPTY, BOTH_PRESENT, PREDICTION_EMPTY, REFERENCE_EMPTY
 from pipeline.io import atomic_output
 
 DASH = "—"
@@ -51,11 +53,16 @@ OTHER_LINE_WIDTH = 0.8
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 FROC_X_LIMITS = (1 / 16, 16.0)
 STATUS_COLUMNS = {
-    "both_present": "both present",
-    "both_empty": "both empty",
-    "reference_empty": "reference empty (false-positive case)",
-    "prediction_empty": "prediction empty (missed)",
+    BOTH_PRESENT: "both present",
+    BOTH_EMPTY: "both empty (not scored)",
+    REFERENCE_EMPTY: "reference empty (spurious: worst-case HD95)",
+    PREDICTION_EMPTY: "prediction empty (missed: worst-case HD95)",
 }
+STATUS_NOTE = (
+    "Cases per label under each convention for an absent structure, nnU-Net's and Metrics "
+    "Reloaded's: a label absent from both masks is not scored and is left out of that label's means; "
+    "a missed or spurious one scores Dice 0, NSD 0 and HD95 the scan's diagonal in mm, the worst case."
+)
 # Each view: the RAS axis it cuts and the letters at its left, right, top and bottom edges.
 # Slices are shown from the feet (axial) and from the front (coronal), radiologically, and the
 # sagittal view faces left, as a radiology workstation shows them.
@@ -174,7 +181,7 @@ def write_report(
         _curves_section(curves, detection),
         _qc_section(qc_cases, label_names),
         "<h2>Per case</h2>",
-        # per_case.csv leaves a value that is undefined for a case (HD95) empty.
+        # per_case.csv leaves a score empty where the label is not scored (absent from both masks).
         _table(per_case_columns, [[cell or DASH for cell in row] for row in per_case_rows]),
     ]
     page = (
@@ -194,7 +201,7 @@ def _segmentation_section(segmentation: Mapping) -> str:
     metrics = (("dice", "Dice", 3), ("nsd", "NSD", 3), ("hd95_mm", "HD95 (mm)", 2))
     columns = ["label"]
     for _, heading, _ in metrics:
-        columns += [f"{heading} mean [95% CI]", f"{heading} median", f"{heading} n / excluded"]
+        columns += [f"{heading} mean [95% CI]", f"{heading} median", f"{heading} scored / left out"]
     rows = []
     for label in segmentation["dice"]:
         row = [label]
@@ -213,8 +220,7 @@ def _segmentation_section(segmentation: Mapping) -> str:
     return (
         "<h2>Segmentation</h2>\n"
         + _table(columns, rows)
-        + '<p class="note">Cases per label under each convention for an absent structure '
-        "(HD95 is undefined, and left out, when either mask is empty).</p>\n"
+        + f'<p class="note">{_text(STATUS_NOTE)}</p>\n'
         + _table(["label", *STATUS_COLUMNS.values()], count_rows)
     )
 
@@ -278,7 +284,7 @@ def _estimate(estimate: Mapping, decimals: int = 3) -> str:
 
 def _summary_mean(summary: Mapping, decimals: int) -> str:
     if summary["mean"] is None:
-        return _undefined(f"undefined in all {summary['n_excluded']} cases")
+        return _undefined(f"not scored: both masks empty in all {summary['n_excluded']} cases")
     low, high = _number(summary["ci95_low"], decimals), _number(summary["ci95_high"], decimals)
     return f"{_number(summary['mean'], decimals)} [{low}, {high}]"
 

@@ -8,19 +8,23 @@ distances are in millimetres through the voxel spacing, given in the order of th
 - NSD counts boundary voxels (MONAI's default, ``use_subvoxels=False``): the fraction of both
   boundaries that lies within the label's tolerance (in mm, inclusive) of the other boundary.
 
-Convention when a label is absent, reported per case as ``status`` so that the report can count
-each kind and no NaN or inf is ever averaged in:
+Convention when a label is absent, nnU-Net's for Dice and the Metrics Reloaded recommendations
+(Maier-Hein et al., Nature Methods 2024) for the rest; reported per case as ``status`` so that
+the summaries count each kind, and no NaN or inf is ever averaged in:
 
-============================  ======  ======  ==========================================
+============================  ======  ======  ==============================================
 status                        Dice    NSD     HD95 (mm)
-============================  ======  ======  ==========================================
+============================  ======  ======  ==============================================
 ``both_present``              MONAI   MONAI   MONAI
-``both_empty``                1.0     1.0     0.0 (perfect agreement, as Dice says)
-``reference_empty``           0.0     0.0     None: no distance to an absent structure
-``prediction_empty``          0.0     0.0     None: no distance to an absent structure
-============================  ======  ======  ==========================================
+``both_empty``                None    None    None: nothing to score, so no score (nnU-Net's
+                                              Dice is NaN); left out of the means, counted
+``reference_empty``           0.0     0.0     the scan's diagonal: the worst case
+``prediction_empty``          0.0     0.0     the scan's diagonal: the worst case
+============================  ======  ======  ==============================================
 
-Summaries (``statistics.summarize``) leave the None values out and count them.
+A both-empty label scored 1 would lift every mean with the cases that lack the structure; a
+missed or spurious one left out of the HD95 would hide the worst errors. The scan's diagonal,
+``sqrt(sum((shape * spacing) ** 2))`` of the reference, bounds every distance within the scan.
 """
 
 from __future__ import annotations
@@ -36,28 +40,42 @@ BOTH_PRESENT = "both_present"
 BOTH_EMPTY = "both_empty"
 REFERENCE_EMPTY = "reference_empty"
 PREDICTION_EMPTY = "prediction_empty"
+STATUSES = (BOTH_PRESENT, BOTH_EMPTY, REFERENCE_EMPTY, PREDICTION_EMPTY)
 
 
 @dataclass(frozen=True)
 class LabelScores:
-    """The scores of one label on one case; ``status`` says which convention applied."""
+    """The scores of one label on one case; ``status`` says which convention applied, and None
+    means not scored (``both_empty``)."""
 
     status: str
-    dice: float
-    nsd: float
+    dice: float | None
+    nsd: float | None
     hd95_mm: float | None
 
 
-def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> dict[int, float]:
-    """Dice of each foreground label value, on one case."""
-    dice = compute_dice(
-        _one_hot(prediction, labels), _one_hot(reference, labels), include_background=True, ignore_empty=False
-    )[0]
-    return {value: float(d) for value, d in zip(labels, dice, strict=True)}
+NOT_SCORED = LabelScores(BOTH_EMPTY, None, None, None)
+
+
+def dice_per_label(
+    reference: np.ndarray, prediction: np.ndarray, labels: list[int]
+) -> dict[int, float | None]:
+    """Dice of each foreground label value on one case; None for a value absent from both masks."""
+    if not labels:
+        return {}
+    ref, pred = _one_hot(reference, labels), _one_hot(prediction, labels)
+    dice = compute_dice(pred, ref, include_background=True, ignore_empty=False)[0]
+    scored = (ref | pred).flatten(2).any(-1)[0]
+    return {v: float(d) if s else None for v, d, s in zip(labels, dice, scored, strict=True)}
 
 
 def volume_ml(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     return float(mask.sum() * np.prod(spacing) / 1000.0)
+
+
+def scan_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The worst-case HD95: the diagonal of the scan's extent, no two voxels being further apart."""
+    return float(np.sqrt(np.sum((np.asarray(shape) * np.asarray(spacing, dtype=float)) ** 2)))
 
 
 def label_scores(
@@ -78,14 +96,15 @@ def label_scores(
     present = [v for v in labels if status[v] == BOTH_PRESENT]
     hd95, nsd = _surface_scores(reference, prediction, present, spacing, [tolerance[v] for v in present])
     dice = dice_per_label(reference, prediction, labels)
+    worst_hd95_mm = scan_diagonal_mm(reference.shape, spacing)
     scores = {}
     for v in labels:
         if status[v] == BOTH_PRESENT:
             scores[v] = LabelScores(status[v], dice[v], nsd[v], hd95[v])
         elif status[v] == BOTH_EMPTY:
-            scores[v] = LabelScores(status[v], 1.0, 1.0, 0.0)
+            scores[v] = NOT_SCORED
         else:
-            scores[v] = LabelScores(status[v], 0.0, 0.0, None)
+            scores[v] = LabelScores(status[v], 0.0, 0.0, worst_hd95_mm)
     return scores
 
 

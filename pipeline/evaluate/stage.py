@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError, InputDataError
 from pipeline.evaluate.case import CaseFiles, CaseResult, evaluate_case
 from pipeline.evaluate.detection import case_score, detection_metrics
 from pipeline.evaluate.report import QCCase, select_qc_cases, write_report
-from pipeline.evaluate.segmentation import BOTH_EMPTY, LabelScores
+from pipeline.evaluate.segmentation import NOT_SCORED, PREDICTION_EMPTY, REFERENCE_EMPTY, STATUSES
 from pipeline.evaluate.statistics import summarize
 from pipeline.io import atomic_output, read_volume, write_json
 from pipeline.io.volumes import case_name, volume_ending
@@ -154,10 +154,15 @@ def _segmentation_summary(
         metric: {_name(names, v): summary(metric, v) for v in label_values}
         for metric in ("dice", "nsd", "hd95_mm")
     }
-    # How many cases fell under each convention of segmentation.py, per label.
-    segmentation["cases"] = {
-        _name(names, v): dict(Counter(r.scores[v].status for r in results)) for v in label_values
-    }
+    # How many cases fell under each convention of segmentation.py, per label; every status is
+    # listed, so that a DVC metrics diff finds the same keys in every run.
+    segmentation["cases"] = {}
+    for v in label_values:
+        counts = Counter(r.scores[v].status for r in results)
+        segmentation["cases"][_name(names, v)] = {status: counts[status] for status in STATUSES}
+        segmentation["hd95_mm"][_name(names, v)]["n_worst_case"] = (
+            counts[REFERENCE_EMPTY] + counts[PREDICTION_EMPTY]
+        )
     return segmentation
 
 
@@ -169,7 +174,7 @@ def _with_absent_labels(result: CaseResult, label_values: list[int]) -> CaseResu
         return result
     return CaseResult(
         name=result.name,
-        scores=result.scores | {v: LabelScores(BOTH_EMPTY, 1.0, 1.0, 0.0) for v in absent},
+        scores=result.scores | dict.fromkeys(absent, NOT_SCORED),
         reference_ml=result.reference_ml | dict.fromkeys(absent, 0.0),
         predicted_ml=result.predicted_ml | dict.fromkeys(absent, 0.0),
         detections=result.detections,
@@ -194,9 +199,9 @@ def _per_case_table(
             scores = r.scores[v]
             row += [
                 scores.status,
-                f"{scores.dice:.4f}",
-                f"{scores.nsd:.4f}",
-                "" if scores.hd95_mm is None else f"{scores.hd95_mm:.2f}",
+                _cell(scores.dice, 4),
+                _cell(scores.nsd, 4),
+                _cell(scores.hd95_mm, 2),
                 f"{r.reference_ml[v]:.3f}",
                 f"{r.predicted_ml[v]:.3f}",
             ]
@@ -219,12 +224,12 @@ def _per_case_table(
 
 def _qc_cases(cases: list[CaseFiles], results: list[CaseResult], focus_values: list[int]) -> list[QCCase]:
     """The best, median and worst cases by mean Dice over the focus labels (lesion labels when
-    there are any), leaving out labels absent from both masks; none without images."""
+    there are any), over the labels scored on the case; none without images."""
     if not focus_values or any(files.image is None for files in cases):
         return []
     scores = {}
     for r in results:
-        dice = [r.scores[v].dice for v in focus_values if r.scores[v].status != BOTH_EMPTY]
+        dice = [r.scores[v].dice for v in focus_values if r.scores[v].dice is not None]
         scores[r.name] = float(np.mean(dice)) if dice else None
     files_by_name = {files.name: files for files in cases}
     qc = []
@@ -244,6 +249,11 @@ def _qc_cases(cases: list[CaseFiles], results: list[CaseResult], focus_values: l
             )
         )
     return qc
+
+
+def _cell(value: float | None, decimals: int) -> str:
+    """A per_case.csv cell: empty for a label not scored on the case."""
+    return "" if value is None else f"{value:.{decimals}f}"
 
 
 def _find_image(images_dir: Path, label_path: Path) -> Path:

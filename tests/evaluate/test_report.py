@@ -286,10 +286,19 @@ def report_inputs(**overrides) -> dict:
         "metrics": {
             "n_cases": 2,
             "segmentation": {
-                "dice": {"organ": summary(0.91), "lesion": summary(0.6)},
-                "nsd": {"organ": summary(0.95), "lesion": summary(0.7)},
-                "hd95_mm": {"organ": summary(2.0), "lesion": summary(None, n_excluded=2)},
-                "cases": {"organ": {"both_present": 2}, "lesion": {"both_present": 1, "prediction_empty": 1}},
+                # cyst: absent from both masks of both cases, never scored.
+                "dice": {"organ": summary(0.91), "lesion": summary(0.6), "cyst": summary(None, n_excluded=2)},
+                "nsd": {"organ": summary(0.95), "lesion": summary(0.7), "cyst": summary(None, n_excluded=2)},
+                "hd95_mm": {
+                    "organ": summary(2.0),
+                    "lesion": summary(21.5) | {"n_worst_case": 1},
+                    "cyst": summary(None, n_excluded=2),
+                },
+                "cases": {
+                    "organ": {"both_present": 2},
+                    "lesion": {"both_present": 1, "prediction_empty": 1},
+                    "cyst": {"both_empty": 2},
+                },
             },
             "detection": {"lesion": DETECTION},
         },
@@ -346,7 +355,10 @@ def test_report_tables_show_values_and_reasons(tmp_path):
 
     assert "0.910 [0.860, 0.960]" in table_text  # Dice of organ
     assert "2.00 [1.95, 2.05]" in table_text  # HD95 of organ, in mm
-    assert "— (undefined in all 2 cases)" in table_text  # HD95 of lesion
+    assert "21.50 [21.45, 21.55]" in table_text  # HD95 of lesion, one case at the worst case
+    assert "— (not scored: both masks empty in all 2 cases)" in table_text  # cyst
+    assert "prediction empty (missed: worst-case HD95)" in table_text
+    assert "both empty (not scored)" in table_text
     assert "— (no negative case)" in table_text  # case AUROC and specificity
     assert "0.600 [0.500, 0.700]" in table_text  # CPM
     assert "1/8: 0.000, 1/4: 0.333" in table_text

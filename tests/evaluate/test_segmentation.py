@@ -9,6 +9,7 @@ from pipeline.evaluate.segmentation import (
     LabelScores,
     dice_per_label,
     label_scores,
+    scan_diagonal_mm,
     volume_ml,
 )
 from pipeline.evaluate.statistics import summarize
@@ -23,7 +24,7 @@ def test_dice_against_hand_computed_values():
     dice = dice_per_label(reference, prediction, [1, 2, 3])
     assert dice[1] == pytest.approx(0.5)
     assert dice[2] == 0.0
-    assert dice[3] == 1.0  # absent from both: 1 by convention
+    assert dice[3] is None  # absent from both: not scored
 
 
 def test_prediction_only_is_zero():
@@ -85,22 +86,36 @@ def test_nsd_tolerance_per_label():
     assert scores[2].nsd == pytest.approx(17 / 26)
 
 
+def test_worst_case_hd95_is_the_scan_diagonal():
+    # 7 x 6 x 6 voxels of 3 x 1 x 1 mm: a 21 x 6 x 6 mm box, whose diagonal is sqrt(441 + 36 + 36).
+    assert scan_diagonal_mm((7, 6, 6), ANISOTROPIC) == pytest.approx(np.sqrt(513))
+    assert scan_diagonal_mm((3, 4), (1.0, 1.0)) == pytest.approx(5.0)
+
+
 def test_absent_structure_conventions_and_their_summary():
     reference, prediction = offset_cubes()
     empty = np.zeros_like(reference)
+    diagonal = np.sqrt(513)  # the 7 x 6 x 6 volume at 3 x 1 x 1 mm (test above)
     cases = [
-        label_scores(reference, prediction, [2], ANISOTROPIC, 1.0)[2],
-        label_scores(reference, empty, [2, 1], ANISOTROPIC, 1.0)[1],
-        label_scores(empty, prediction, [1], ANISOTROPIC, 1.0)[1],
+        label_scores(reference, prediction, [1], ANISOTROPIC, 2.0)[1],
+        label_scores(reference, prediction, [2], ANISOTROPIC, 2.0)[2],
+        label_scores(reference, empty, [2, 1], ANISOTROPIC, 2.0)[1],
+        label_scores(empty, prediction, [1], ANISOTROPIC, 2.0)[1],
     ]
-    assert cases == [
-        LabelScores(BOTH_EMPTY, 1.0, 1.0, 0.0),
-        LabelScores(PREDICTION_EMPTY, 0.0, 0.0, None),
-        LabelScores(REFERENCE_EMPTY, 0.0, 0.0, None),
+    # Present in both: the offset cubes' Dice, NSD at 2 mm and HD95 (tests above).
+    assert cases[0] == LabelScores(BOTH_PRESENT, pytest.approx(2 * 18 / 54), pytest.approx(17 / 26), 3.0)
+    assert cases[1:] == [
+        LabelScores(BOTH_EMPTY, None, None, None),
+        LabelScores(PREDICTION_EMPTY, 0.0, 0.0, pytest.approx(diagonal)),
+        LabelScores(REFERENCE_EMPTY, 0.0, 0.0, pytest.approx(diagonal)),
     ]
+    # The both-empty case is left out of every mean and counted; the missed and spurious ones count.
+    dice = summarize([c.dice for c in cases], n_resamples=10)
+    assert (dice["mean"], dice["n"], dice["n_excluded"]) == (pytest.approx(2 / 9), 3, 1)
+    nsd = summarize([c.nsd for c in cases], n_resamples=10)
+    assert (nsd["mean"], nsd["n"], nsd["n_excluded"]) == (pytest.approx(17 / 78), 3, 1)
     hd95 = summarize([c.hd95_mm for c in cases], n_resamples=10)
-    assert (hd95["mean"], hd95["n"], hd95["n_excluded"]) == (0.0, 1, 2)
-    assert summarize([c.dice for c in cases], n_resamples=10)["mean"] == pytest.approx(1 / 3)
+    assert (hd95["mean"], hd95["n"], hd95["n_excluded"]) == (pytest.approx((3 + 2 * diagonal) / 3), 3, 1)
 
 
 def test_summaries_exclude_and_count_undefined_values():

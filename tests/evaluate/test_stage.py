@@ -43,11 +43,11 @@ def test_stage_writes_metrics_and_per_case_rows(tmp_path):
     assert metrics["n_cases"] == 2
     assert organ["mean"] == pytest.approx(0.75) and organ["median"] == pytest.approx(0.75)
     assert organ["ci95_low"] == pytest.approx(0.5) and organ["ci95_high"] == pytest.approx(1.0)
-    # Case a's lesion is absent from both: Dice 1 by convention, and counted as such.
-    assert lesion["mean"] == 1.0 and lesion["n"] == 2 and lesion["n_excluded"] == 0
+    # Case a's lesion is absent from both: not scored, and counted as such.
+    assert lesion["mean"] == 1.0 and lesion["n"] == 1 and lesion["n_excluded"] == 1
     assert segmentation["cases"] == {
-        "organ": {"both_present": 2},
-        "lesion": {"both_empty": 1, "both_present": 1},
+        "organ": {"both_present": 2, "both_empty": 0, "reference_empty": 0, "prediction_empty": 0},
+        "lesion": {"both_present": 1, "both_empty": 1, "reference_empty": 0, "prediction_empty": 0},
     }
     # Slabs one 2-mm voxel apart, every voxel on a boundary: half of each boundary lies 2 mm
     # from the other (HD95 2 mm), and half within the 1-mm tolerance (NSD 0.5).
@@ -60,6 +60,49 @@ def test_stage_writes_metrics_and_per_case_rows(tmp_path):
     assert float(rows[0]["dice_organ"]) == pytest.approx(0.5)
     assert float(rows[0]["hd95_mm_organ"]) == pytest.approx(2.0)
     assert float(rows[0]["reference_ml_organ"]) == pytest.approx(32 * 8 / 1000)
+    assert (rows[0]["dice_lesion"], rows[0]["nsd_lesion"], rows[0]["hd95_mm_lesion"]) == ("", "", "")
+
+
+def test_a_lesion_free_case_does_not_lift_the_mean_dice(tmp_path, monkeypatch, capsys):
+    """A lesion case of Dice 0.5 and a lesion-free case: the mean lesion Dice stays 0.5 (the old
+    convention, Dice 1 when both masks are empty, made it 0.75); the lesion-free case's missed
+    organ scores Dice 0 and the worst-case HD95."""
+    shape, spacing = (6, 4, 4), 2.0
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    reference, prediction = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    reference[0:2], prediction[1:3] = 2, 2  # lesion slabs of 32 voxels sharing 16: Dice 0.5
+    reference[4:6] = prediction[4:6] = 1  # the organ, found exactly
+    make_pair(tmp_path, "lesion_case", reference, prediction, affine)
+    reference, prediction = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    reference[4:6] = 1  # no lesion anywhere; the organ missed
+    make_pair(tmp_path, "lesion_free", reference, prediction, affine)
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"labels": {"0": "background", "1": "organ", "2": "lesion"}})
+    )
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the defaults
+    folders = ["--labels", "labels", "--predictions", "pred", "--dataset-json", "dataset.json"]
+    assert main(["evaluate", *folders, "--out", "out"]) == 0
+    assert "mean Dice organ 0.500, lesion 0.500 (1 both-empty case left out)" in capsys.readouterr().out
+
+    text = (tmp_path / "out/metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=pytest.fail)  # no NaN nor Infinity
+    segmentation = metrics["segmentation"]
+    lesion = segmentation["dice"]["lesion"]
+    assert (lesion["mean"], lesion["n"], lesion["n_excluded"]) == (0.5, 1, 1)
+    assert segmentation["cases"]["lesion"]["both_empty"] == 1
+    diagonal = spacing * np.sqrt(6**2 + 4**2 + 4**2)
+    organ_hd95 = segmentation["hd95_mm"]["organ"]
+    assert organ_hd95["mean"] == pytest.approx((0.0 + diagonal) / 2) and organ_hd95["n_worst_case"] == 1
+    assert segmentation["dice"]["organ"]["mean"] == pytest.approx(0.5)
+    assert segmentation["cases"]["organ"]["prediction_empty"] == 1
+
+    rows = {r["case"]: r for r in csv.DictReader(open(tmp_path / "out/per_case.csv"))}
+    free = rows["lesion_free"]
+    assert free["status_lesion"] == "both_empty"
+    assert (free["dice_lesion"], free["nsd_lesion"], free["hd95_mm_lesion"]) == ("", "", "")
+    assert (free["dice_organ"], free["hd95_mm_organ"]) == ("0.0000", f"{diagonal:.2f}")
+    report = (tmp_path / "out/report.html").read_text(encoding="utf-8")
+    assert "<td>1 / 1</td>" in report  # the lesion's Dice: 1 case scored, 1 left out
 
 
 def test_missing_prediction_and_geometry_mismatch_are_named(tmp_path):
