@@ -31,6 +31,7 @@ test: install-dev
 # predictor and trainer run resseg's networks.
 NNUNET_VENV := benchmarks/.venv-nnunet
 bench: install-dev $(NNUNET_VENV)/.installed
+	pytest tests/evaluate/test_against_nnunet.py    # resseg's Dice against nnU-Net's evaluator
 	python benchmarks/suite.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 $(NNUNET_VENV)/.installed: pyproject.toml
