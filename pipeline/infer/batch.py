@@ -159,6 +159,7 @@ class _ScanStep:
                 started = time.perf_counter()
                 try:
                     volumes, read_seconds = read.result()
+                    _check_values(scan, volumes)
                     _check_memory(scan, self.predictor.memory_needed(volumes))
                     prediction = self.predictor.predict(volumes)
                     _check_grid(scan, prediction.label, volumes[0])
@@ -282,6 +283,21 @@ def _check_memory(scan: Scan, needed: int) -> None:
             f"{scan.source}: predicting it needs about {needed / GIB:.1f} GiB of memory, "
             f"{available / GIB:.1f} GiB is available"
         )
+
+
+def _check_values(scan: Scan, volumes: list[Volume]) -> None:
+    """Refuse scans that a network turns into a clean-looking but meaningless mask: NaN or
+    infinite voxels (they poison every window they fall in: the mask comes out empty) and blank
+    scans, every voxel one value (a failed export; an all-zero one leaves nothing to predict
+    once cropped to its non-zero box)."""
+    files = scan.sources if len(scan.sources) == len(volumes) else [scan.source] * len(volumes)
+    for path, volume in zip(files, volumes, strict=True):
+        low, high = volume.array.min(), volume.array.max()  # NaN and infinities show in these
+        if not (np.isfinite(low) and np.isfinite(high)):
+            bad = volume.array.size - np.count_nonzero(np.isfinite(volume.array))
+            raise InputDataError(f"{path}: {bad} of {volume.array.size} voxels are NaN or infinite")
+        if low == high:
+            raise InputDataError(f"{path}: every voxel is {low:g}, a blank scan: nothing to segment")
 
 
 def _check_grid(scan: Scan, label: np.ndarray, volume: Volume) -> None:
