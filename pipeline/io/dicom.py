@@ -23,6 +23,11 @@ SPACING_TOLERANCE = 0.01
 # Slices may drift sideways by this many pixels over a whole series before it counts as tilted:
 # ignoring that drift misplaces no voxel by more, and rounded positions drift a little anyway.
 TILT_TOLERANCE_PIXELS = 0.5
+# Slices closer than this along their normal sit at one position (duplicates, or a series whose
+# positions were all written alike), leaving the slice spacing unknown.
+SAME_POSITION_MM = 0.01
+# Direction cosines are rounded decimals; this much error in them moves no voxel noticeably.
+ORIENTATION_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -105,17 +110,64 @@ def _check_slice_geometry(series: DicomSeries) -> None:
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
     if len(headers) < 2:
         return  # the reader refuses a single slice
-    try:
-        orientation = np.array(headers[0].ImageOrientationPatient, float)
-        positions = np.array([h.ImagePositionPatient for h in headers], float)
-        pixel_mm = min(float(s) for s in headers[0].PixelSpacing)
-    except AttributeError:
-        return  # no patient geometry (secondary capture): the reader decides
+    where = f"{series.files[0].parent}: series {series.uid}"
+    orientation, positions, pixel_mm = _patient_geometry(where, series.files, headers)
     normal = np.cross(orientation[:3], orientation[3:])
     positions = positions[np.argsort(positions @ normal)]
-    where = f"{series.files[0].parent}: series {series.uid}"
     _check_tilt(where, positions, normal, pixel_mm)
     _check_spacing(where, positions @ normal)
+
+
+def _patient_geometry(
+    where: str, files: tuple[Path, ...], headers: list[pydicom.Dataset]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The slices' orientation, their positions and the smallest pixel spacing, each present on
+    every slice and consistent. Where one is missing or degenerate ITK invents it (origin 0,
+    1 mm pixels, slices SliceThickness or 1 mm apart), and the mask would lie elsewhere than the
+    scan in every viewer."""
+    orientations = _tag_per_slice(where, files, headers, "ImageOrientationPatient", 6)
+    positions = _tag_per_slice(where, files, headers, "ImagePositionPatient", 3)
+    spacings = _tag_per_slice(where, files, headers, "PixelSpacing", 2)
+    if not np.allclose(orientations, orientations[0], atol=ORIENTATION_TOLERANCE):
+        raise InputDataError(f"{where}: ImageOrientationPatient differs between slices")
+    rows, columns = orientations[0, :3], orientations[0, 3:]
+    unit = np.allclose(np.linalg.norm([rows, columns], axis=1), 1, atol=ORIENTATION_TOLERANCE)
+    if not unit or abs(rows @ columns) > ORIENTATION_TOLERANCE:
+        raise InputDataError(
+            f"{where}: ImageOrientationPatient {orientations[0].tolist()} is not two perpendicular "
+            "unit vectors"
+        )
+    if not np.all(spacings > 0) or not np.allclose(spacings, spacings[0]):
+        raise InputDataError(
+            f"{where}: PixelSpacing must be positive and the same on every slice, "
+            f"found {spacings.min():g} to {spacings.max():g} mm"
+        )
+    return orientations[0], positions, float(spacings[0].min())
+
+
+def _tag_per_slice(
+    where: str, files: tuple[Path, ...], headers: list[pydicom.Dataset], keyword: str, count: int
+) -> np.ndarray:
+    """The ``count`` numbers of ``keyword`` on every slice, (slices, count); a slice lacking
+    them is named."""
+    values = []
+    for path, header in zip(files, headers, strict=True):
+        value = _numbers(header.get(keyword))
+        if value is None or value.shape != (count,):
+            missing = keyword not in header or header[keyword].is_empty
+            found = "missing" if missing else f"{header.get(keyword)} is not {count} finite numbers"
+            raise InputDataError(f"{where}: {keyword} {found} in {path.name}; the scan's geometry is unknown")
+        values.append(value)
+    return np.array(values)
+
+
+def _numbers(value) -> np.ndarray | None:
+    """A DICOM multi-valued decimal as finite floats; None where it is absent or not numeric."""
+    try:
+        numbers = np.atleast_1d(np.array(value if value is not None else [], float))
+    except (TypeError, ValueError):
+        return None
+    return numbers if numbers.size and np.all(np.isfinite(numbers)) else None
 
 
 def _check_tilt(where: str, positions: np.ndarray, normal: np.ndarray, pixel_mm: float) -> None:
@@ -133,6 +185,12 @@ def _check_tilt(where: str, positions: np.ndarray, normal: np.ndarray, pixel_mm:
 def _check_spacing(where: str, heights: np.ndarray) -> None:
     """Heights: the slices' sorted positions along their normal, in mm."""
     steps = np.diff(heights)
+    repeats = int(np.count_nonzero(steps < SAME_POSITION_MM))
+    if repeats:
+        raise InputDataError(
+            f"{where}: {repeats} of {heights.size} slices repeat another's ImagePositionPatient; "
+            "the slice spacing is unknown"
+        )
     usual = float(np.median(steps))
     tolerance = SPACING_TOLERANCE * max(usual, 1e-6)
     if steps.max() - steps.min() <= tolerance:

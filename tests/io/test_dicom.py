@@ -167,6 +167,43 @@ def test_gantry_tilt_is_refused_and_a_sub_pixel_drift_read(ct, tmp_path):
     np.testing.assert_array_equal(read_dicom_series(find_dicom_series(tmp_path / "slight")[0]).array, hu)
 
 
+IOP, IPP = "ImageOrientationPatient", "ImagePositionPatient"
+# name: (the slices edited, None for all; the tag; its new value, None to remove it; the message)
+GEOMETRY_EDITS = {
+    "no_position": (None, IPP, None, f"{IPP} missing in s000.dcm"),
+    "a_position_missing": ({3}, IPP, None, f"{IPP} missing in s003.dcm"),
+    "no_orientation": (None, IOP, None, f"{IOP} missing in s000.dcm"),
+    "no_pixel_spacing": (None, "PixelSpacing", None, "PixelSpacing missing in s000.dcm"),
+    "one_position": (None, IPP, [-40, 25, 100], f"5 of 6 slices repeat another's {IPP}"),
+    "duplicate_slice": ({4}, IPP, [-40, 25, 107.5], f"1 of 6 slices repeat another's {IPP}"),
+    "zero_pixel_spacing": (None, "PixelSpacing", [0, 0], "PixelSpacing must be positive .* 0 to 0 mm"),
+    "negative_pixel_spacing": (None, "PixelSpacing", [0.9, -0.7], "PixelSpacing must be positive"),
+    "zero_orientation": (None, IOP, [0] * 6, rf"{IOP} \[0.0, .* is not two perpendicular unit vectors"),
+    "parallel_orientation": (None, IOP, [1, 0, 0] * 2, f"{IOP} .* is not two perpendicular unit vectors"),
+    "orientation_differs": ({2}, IOP, [1, 0, 0, 0, 0, 1], f"{IOP} differs between slices"),
+}
+
+
+@pytest.mark.parametrize(
+    ("slices", "keyword", "value", "message"), GEOMETRY_EDITS.values(), ids=GEOMETRY_EDITS
+)
+def test_missing_or_contradictory_geometry_is_refused_naming_the_tag(ct, slices, keyword, value, message):
+    """Left to ITK, each of these becomes a volume with invented geometry (origin 0, 1 mm pixels,
+    slices SliceThickness apart) that is segmented as if it were right."""
+    folder, _ = ct
+    for k, path in enumerate(sorted(folder.glob("s*.dcm"))):
+        if slices is None or k in slices:
+            dataset = pydicom.dcmread(path)
+            if value is None:
+                delattr(dataset, keyword)
+            else:
+                setattr(dataset, keyword, value)
+            dataset.save_as(path)
+    (series,) = find_dicom_series(folder)
+    with pytest.raises(InputDataError, match=rf"patient: series .*: {message}"):
+        read_dicom_series(series)
+
+
 def make_seg(folder, mask):
     """A two-segment BINARY DICOM SEG over the series in ``folder``, built with highdicom."""
     sources = sorted((pydicom.dcmread(p) for p in folder.glob("s*.dcm")), key=lambda d: int(d.InstanceNumber))
