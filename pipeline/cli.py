@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.config import EvaluateParams, Params, load_params, resolve_network, validate_section
 from pipeline.errors import SOME_SCANS_FAILED, ConfigError, UserError
+from pipeline.io.paths import check_outputs_apart
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -211,29 +212,49 @@ def _names(text: str | None, option: str) -> list[str] | None:
 
 
 def _params(args: argparse.Namespace) -> Params:
+    path = _params_path(args)
+    return Params() if path is None else load_params(path)
+
+
+def _params_path(args: argparse.Namespace) -> Path | None:
     """``--params`` if given; else ``params.yaml`` in the working folder (DVC runs stages from
-    the project root); else the defaults, for commands run outside a project."""
+    the project root); else None: the defaults, for commands run outside a project."""
     if args.params is not None:
-        return load_params(args.params)
-    return load_params(DEFAULT_PARAMS) if DEFAULT_PARAMS.is_file() else Params()
+        return args.params
+    return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
+
+
+def _check_outputs_apart(args: argparse.Namespace) -> None:
+    """The command's outputs against its inputs, the parameter file among them."""
+
+    def option(dest: str) -> str:
+        return "--" + dest.replace("_", "-")
+
+    check_outputs_apart(
+        {option(dest): getattr(args, dest) for dest in args.outputs},
+        {option(dest): getattr(args, dest) for dest in args.inputs} | {"--params": _params_path(args)},
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name, func, help):
+    def command(name, func, help, outputs, inputs=()):
+        """``outputs`` and ``inputs``: the options naming paths, which must be kept apart."""
         sub = commands.add_parser(name, help=help)
         sub.add_argument(
             "--params", type=Path, help="parameter file (default: ./params.yaml if present, else defaults)"
         )
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=func, outputs=outputs, inputs=inputs)
         return sub
 
-    sub = command("synth", synth, "write the embedded synthetic CT cohort (MSD layout)")
+    sub = command("synth", synth, "write the embedded synthetic CT cohort (MSD layout)", ["out"])
     sub.add_argument("--out", required=True, type=Path)
 
-    sub = command("import", import_cohort, "import a cohort into the MSD layout, with QC")
+    sub = command(
+        "import", import_cohort, "import a cohort into the MSD layout, with QC", ["out", "report"], ["source"]
+    )
     sub.add_argument("--source", required=True, type=Path)
     sub.add_argument("--format", required=True, choices=["msd", "nnunet", "folders", "dicom"])
     sub.add_argument("--out", required=True, type=Path, help="e.g. data/raw/NAME")
@@ -242,27 +263,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--skip-invalid", action="store_true", help="import the valid cases, list the others")
     sub.add_argument("--report", default=Path("reports/data_qc.json"), type=Path, help="QC report")
 
-    sub = command("validate", validate, "QC every case of a cohort")
+    sub = command("validate", validate, "QC every case of a cohort", ["report"], ["cohort"])
     sub.add_argument("--cohort", required=True, type=Path)
     sub.add_argument("--report", required=True, type=Path)
 
-    sub = command("preprocess", preprocess, "fingerprint, plan and preprocess the training cases")
+    sub = command(
+        "preprocess",
+        preprocess,
+        "fingerprint, plan and preprocess the training cases",
+        ["out"],
+        ["cohort", "qc"],
+    )
     sub.add_argument("--cohort", required=True, type=Path)
     sub.add_argument("--out", required=True, type=Path)
     sub.add_argument("--qc", type=Path, help="QC report whose invalid cases are left out")
 
-    sub = command("split", split, "k-fold cross-validation splits")
+    sub = command("split", split, "k-fold cross-validation splits", ["out"], ["plans"])
     sub.add_argument("--plans", required=True, type=Path)
     sub.add_argument("--out", required=True, type=Path)
 
-    sub = command("train", train, "train one fold under Lightning")
+    sub = command(
+        "train", train, "train one fold under Lightning", ["out", "live_dir"], ["preprocessed", "splits"]
+    )
     sub.add_argument("--preprocessed", required=True, type=Path)
     sub.add_argument("--splits", required=True, type=Path)
     sub.add_argument("--fold", type=int, default=0, help="which fold of --splits (default 0)")
     sub.add_argument("--out", required=True, type=Path, help="fold directory, e.g. models/NAME/fold_0")
     sub.add_argument("--live-dir", default=Path("dvclive"), type=Path, help="DVCLive training curves")
 
-    sub = command("predict", predict, "segment every scan in a folder")
+    sub = command("predict", predict, "segment every scan in a folder", ["output"], ["input", "model"])
     sub.add_argument("--input", required=True, type=Path, help="NIfTI, NRRD, MetaImage files, DICOM series")
     sub.add_argument("--output", required=True, type=Path)
     sub.add_argument("--model", required=True, type=Path, help="model directory")
@@ -291,7 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--workers", type=int, default=1, help="scans read ahead in parallel (default 1)")
     sub.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: take every n-th scan from the i-th")
 
-    sub = command("crossval", crossval, "out-of-fold predictions of one trained fold, and their metrics")
+    sub = command(
+        "crossval",
+        crossval,
+        "out-of-fold predictions of one trained fold, and their metrics",
+        ["masks", "report"],
+        ["model", "cohort", "splits"],
+    )
     sub.add_argument(
         "--model", required=True, type=Path, help="the fold's directory, e.g. models/NAME/fold_0"
     )
@@ -304,7 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
-    sub = command("evaluate", evaluate, "compare predicted masks with reference labels")
+    sub = command(
+        "evaluate",
+        evaluate,
+        "compare predicted masks with reference labels",
+        ["out"],
+        ["labels", "predictions", "dataset_json", "probabilities", "images"],
+    )
     sub.add_argument("--labels", required=True, type=Path)
     sub.add_argument("--predictions", required=True, type=Path)
     sub.add_argument("--out", required=True, type=Path)
@@ -327,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs_apart(args)
         return args.func(args) or 0
     except UserError as err:
         # One line, whatever a library put into the reason.

@@ -43,7 +43,7 @@ def test_missing_model_directory_exits_3(tmp_path, capsys):
             "--params",
             str(params),
             "--input",
-            str(tmp_path),
+            str(tmp_path / "scans"),
             "--output",
             str(tmp_path / "o"),
             "--model",
