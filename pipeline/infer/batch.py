@@ -50,6 +50,9 @@ from pipeline.models.model_dir import MODEL_JSON, WEIGHTS, fold_dirs
 
 RECORDS_FOLDER = ".records"
 FORMAT_ENDINGS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+# qform and sform are stored in float32 (the qform as a quaternion): rounding alone moves a
+# 512-voxel grid's corners by about 1e-3 mm.
+FORMS_TOLERANCE_MM = 0.01
 SOFTWARE = ("torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom", "highdicom")
 
 
@@ -196,7 +199,7 @@ class _ScanStep:
     def _report(self, volume: Volume, prediction) -> dict:
         """Volumes in ml per label, and the lesion candidates and case score of each lesion label."""
         labels = self.predictor.description.plans.labels
-        report = {
+        report = {"warning": _geometry_warning(volume)} | {
             f"volume_ml_{labels[v]}": round(volume_ml(prediction.label == v, volume.spacing), 4)
             for v in labels
             if v
@@ -240,7 +243,7 @@ def write_summary(
 ) -> None:
     """summary.csv: one row per scan of the folder, from its record (``pending`` without one),
     and one ``error`` row per input that is not a scan."""
-    columns = ["scan", "status", "error", "seconds", "input", "output"]
+    columns = ["scan", "status", "error", "warning", "seconds", "input", "output"]
     columns += [f"volume_ml_{name}" for v, name in labels.items() if v]
     columns += [f"{kind}_{labels[v]}" for v in lesion_values for kind in ("lesions", "case_score")]
     rows = []
@@ -298,6 +301,17 @@ def _check_values(scan: Scan, volumes: list[Volume]) -> None:
             raise InputDataError(f"{path}: {bad} of {volume.array.size} voxels are NaN or infinite")
         if low == high:
             raise InputDataError(f"{path}: every voxel is {low:g}, a blank scan: nothing to segment")
+
+
+def _geometry_warning(volume: Volume) -> str | None:
+    """NIfTI transforms that disagree: the user should know which one the mask was made on."""
+    apart = volume.nifti.disagreement_mm(volume.shape) if volume.nifti else 0.0
+    if apart <= FORMS_TOLERANCE_MM:
+        return None
+    return (
+        f"qform and sform disagree by up to {apart:.3g} mm: segmented on the sform's grid; "
+        "the mask carries both, as the scan does, so viewers place them alike"
+    )
 
 
 def _check_grid(scan: Scan, label: np.ndarray, volume: Volume) -> None:

@@ -63,9 +63,11 @@ def write_outputs(
     label_names: dict[int, str],
     lesion_values: list[int],
 ) -> None:
-    write_volume(outputs.mask, prediction.label, scan.affine)
+    # A NIfTI scan's own qform, sform and unit go into its outputs, so that they lie on it in
+    # every viewer, even where its two transforms disagree.
+    write_volume(outputs.mask, prediction.label, scan.affine, scan.nifti)
     if outputs.probabilities is not None:
-        write_probabilities(outputs.probabilities, prediction.probabilities, scan.affine)
+        write_probabilities(outputs.probabilities, prediction.probabilities, scan.affine, scan.nifti)
     if outputs.seg is not None:
         write_dicom_seg(outputs.seg, prediction.label, series, label_names, lesion_values)
 

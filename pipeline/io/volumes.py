@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.affines import apply_affine
 
 from pipeline.errors import InputDataError
 from pipeline.io.atomic import atomic_output
@@ -28,6 +29,10 @@ WRITABLE_ENDINGS = NIFTI_ENDINGS + (".nrrd", ".mha")
 # More values than any scan has (2^31: e.g. 1024x1024x2048): a header claiming more is damaged
 # or hostile, and reading it would exhaust memory.
 MAX_VOXELS = 2**31
+# NIfTI's spatial units (the low 3 bits of xyzt_units) in mm; "unknown" (0) is read as mm, as
+# ITK and nibabel do. ITK converts metres and microns, nibabel ignores them: we convert.
+SPATIAL_UNIT_BITS = 0x07
+MM_PER_UNIT = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}  # unknown, metre, mm, micron
 # RAS = LPS with x and y negated.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Enough of a file's start to recognise its format: a NIfTI-1 header is 348 bytes, DICOM's
@@ -63,9 +68,44 @@ FOREIGN_SIGNATURES = (
 
 
 @dataclass(frozen=True)
+class NiftiForms:
+    """A NIfTI file's own geometry fields, as stored: both transforms with their codes, and the
+    spatial unit. A mask written with them lies on its scan in every reader, whichever transform
+    the reader prefers (nibabel: the sform; ITK-based viewers may take the qform)."""
+
+    qform: np.ndarray
+    qform_code: int
+    sform: np.ndarray
+    sform_code: int
+    unit: int  # NIfTI's spatial unit code, a key of MM_PER_UNIT when valid
+
+    @classmethod
+    def of(cls, header: nib.Nifti1Header) -> NiftiForms:
+        return cls(
+            header.get_qform(), int(header["qform_code"]), header.get_sform(), int(header["sform_code"]),
+            int(header["xyzt_units"]) & SPATIAL_UNIT_BITS,
+        )  # fmt: skip
+
+    def apply(self, image: nib.Nifti1Image) -> None:
+        image.set_qform(self.qform, code=self.qform_code)
+        image.set_sform(self.sform, code=self.sform_code)
+        image.header.set_xyzt_units(xyz=self.unit)
+
+    def disagreement_mm(self, shape: tuple[int, ...]) -> float:
+        """How far apart the qform and the sform place the grid's corners, in mm; 0 unless both
+        are in use."""
+        if not (self.qform_code and self.sform_code):
+            return 0.0
+        corners = np.array(list(np.ndindex(2, 2, 2))) * (np.array(shape[:3]) - 1)
+        apart = apply_affine(self.qform, corners) - apply_affine(self.sform, corners)
+        return float(np.linalg.norm(apart, axis=1).max()) * MM_PER_UNIT[self.unit]
+
+
+@dataclass(frozen=True)
 class Volume:
     array: np.ndarray  # (x, y, z) or (x, y, z, channels)
     affine: np.ndarray  # 4x4, voxel indices -> RAS world millimetres
+    nifti: NiftiForms | None = None  # a NIfTI file's own geometry fields, for writing its masks
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -151,10 +191,23 @@ def _read_nifti(path: Path) -> Volume:
         raise InputDataError(
             f"{path}: {len(shape)}D image of shape {shape}; expected 3D, or 4D with the channels last"
         )
+    affine, forms = _nifti_geometry(path, image)
     array = np.asanyarray(image.dataobj)
     if array.ndim == 5:
         array = array[:, :, :, 0, :]
-    return Volume(array=array, affine=image.affine.astype(np.float64))
+    return Volume(array=array, affine=affine, nifti=forms)
+
+
+def _nifti_geometry(path: Path, image: nib.Nifti1Image) -> tuple[np.ndarray, NiftiForms]:
+    """The affine in millimetres (nibabel's, which ignores the spatial unit), and the fields
+    to write a mask of this file with."""
+    forms = NiftiForms.of(image.header)
+    if forms.unit not in MM_PER_UNIT:
+        raise InputDataError(
+            f"{path}: xyzt_units gives spatial unit code {forms.unit}, not one NIfTI defines "
+            "(metres, mm, microns)"
+        )
+    return np.diag([*[MM_PER_UNIT[forms.unit]] * 3, 1.0]) @ image.affine, forms
 
 
 def _read_sitk(path: Path) -> Volume:
@@ -214,23 +267,24 @@ def _check_dimensions(path: Path, volume: Volume, max_channels: int) -> None:
         raise InputDataError(f"{path}: expected a 3D volume, got a single slice, shape {shape}")
 
 
-def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write a volume; the format follows the file ending (.nii, .nii.gz, .nrrd or .mha)."""
+def write_volume(
+    path: str | Path, array: np.ndarray, affine: np.ndarray, nifti: NiftiForms | None = None
+) -> None:
+    """Write a volume; the format follows the file ending (.nii, .nii.gz, .nrrd or .mha).
+    NIfTI gets the geometry fields ``nifti`` (those of the scan a mask is of) where given."""
     ending = volume_ending(path)
     if ending not in WRITABLE_ENDINGS:
         raise ValueError(f"{path}: can only write {', '.join(WRITABLE_ENDINGS)}")
     with atomic_output(path) as tmp:
         if ending in NIFTI_ENDINGS:
-            image = nib.Nifti1Image(array, affine)
-            image.header.set_xyzt_units("mm")
-            image.set_sform(affine, code=1)
-            image.set_qform(affine, code=1)
-            nib.save(image, tmp)
+            nib.save(_nifti_image(array, affine, nifti), tmp)
         else:
             sitk.WriteImage(volume_to_sitk(Volume(array, affine)), str(tmp), useCompression=True)
 
 
-def write_probabilities(path: str | Path, probabilities: np.ndarray, affine: np.ndarray) -> None:
+def write_probabilities(
+    path: str | Path, probabilities: np.ndarray, affine: np.ndarray, nifti: NiftiForms | None = None
+) -> None:
     """Class probabilities (classes, x, y, z) as a 4D NIfTI, class c in volume c of the 4th axis.
 
     Stored as uint16 with NIfTI's scale factor (nibabel picks it from the value range): a quarter
@@ -238,13 +292,22 @@ def write_probabilities(path: str | Path, probabilities: np.ndarray, affine: np.
     """
     if volume_ending(path) not in NIFTI_ENDINGS:
         raise ValueError(f"{path}: probabilities are written as NIfTI (.nii, .nii.gz)")
-    image = nib.Nifti1Image(np.moveaxis(np.asarray(probabilities, np.float32), 0, -1), affine)
+    image = _nifti_image(np.moveaxis(np.asarray(probabilities, np.float32), 0, -1), affine, nifti)
     image.set_data_dtype(np.uint16)
-    image.header.set_xyzt_units("mm")
-    image.set_sform(affine, code=1)
-    image.set_qform(affine, code=1)
     with atomic_output(path) as tmp:
         nib.save(image, tmp)
+
+
+def _nifti_image(array: np.ndarray, affine: np.ndarray, nifti: NiftiForms | None) -> nib.Nifti1Image:
+    """A NIfTI image with the geometry fields ``nifti``, or else ``affine`` as both transforms."""
+    image = nib.Nifti1Image(array, affine)
+    if nifti is not None:
+        nifti.apply(image)
+    else:
+        image.header.set_xyzt_units("mm")
+        image.set_sform(affine, code=1)
+        image.set_qform(affine, code=1)
+    return image
 
 
 def read_probability(path: str | Path, label: int) -> Volume:
@@ -265,4 +328,4 @@ def read_probability(path: str | Path, label: int) -> Volume:
         raise
     except Exception as err:
         raise InputDataError(f"{path}: cannot be read as probabilities ({err.__class__.__name__})") from None
-    return Volume(array=array, affine=image.affine.astype(np.float64))
+    return Volume(array=array, affine=_nifti_geometry(path, image)[0])
