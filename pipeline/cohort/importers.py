@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.cohort.dataset import FILE_ENDING, load_cohort, read_dataset_json, write_dataset_json
 from pipeline.cohort.qc import conclude
-from pipeline.cohort.validate import CaseReport, check_case
+from pipeline.cohort.validate import CaseReport, case_errors, check_case
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.io import Volume, atomic_directory, read_volume, write_volume
 from pipeline.io.dicom import (
@@ -86,12 +86,9 @@ def run(
 
 def _import_case(case: SourceCase, cohort: SourceCohort, out: Path, options: ImportOptions) -> CaseReport:
     report = CaseReport(case.name, case.split)
-    try:
+    with case_errors(report):
         image, label = case.read()
-    except InputDataError as err:
-        report.errors.append(str(err))
-        return report
-    check_case(report, image, label, cohort.channel_names, cohort.labels, options.affine_tolerance_mm)
+        check_case(report, image, label, cohort.channel_names, cohort.labels, options.affine_tolerance_mm)
     if report.errors:
         return report
     suffix = "Tr" if case.split == "train" else "Ts"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.cohort.dataset import Case, load_cohort
-from pipeline.cohort.validate import CaseReport, check_case, flag_outliers, summary_table
+from pipeline.cohort.validate import CaseReport, case_errors, check_case, flag_outliers, summary_table
 from pipeline.config import ValidateParams
 from pipeline.errors import InputDataError
 from pipeline.io import read_volume, write_json
@@ -42,13 +42,11 @@ def validate_case(
     case: Case, split: str, channel_names: list[str], labels: dict[int, str], tolerance_mm: float
 ) -> CaseReport:
     report = CaseReport(case.name, split)
-    try:
+    with case_errors(report):
         image = read_volume(case.image, max_channels=len(channel_names))
         label = read_volume(case.label) if case.label is not None else None
-    except InputDataError as err:
-        report.errors.append(str(err))
-        return report
-    return check_case(report, image, label, channel_names, labels, tolerance_mm)
+        check_case(report, image, label, channel_names, labels, tolerance_mm)
+    return report
 
 
 def conclude(

@@ -8,11 +8,16 @@ are flagged. Errors make a case unusable; warnings are worth a look but do not s
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import nibabel as nib
 import numpy as np
 
+from pipeline.errors import InputDataError
 from pipeline.io import Volume
 
 # Cohort outliers: spacing beyond this factor of the median, voxel count beyond its square.
@@ -43,6 +48,20 @@ class CaseReport:
         return {**asdict(self), "status": self.status}
 
 
+@contextlib.contextmanager
+def case_errors(report: CaseReport) -> Iterator[None]:
+    """Reading and checking one case: what fails becomes the case's error, and the cohort goes on.
+    A failure no check foresaw also prints its traceback, so that it can be reported."""
+    try:
+        yield
+    except InputDataError as err:
+        report.errors.append(str(err))
+    except Exception as err:
+        traceback.print_exception(err, file=sys.stderr)
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        report.errors.append(f"cannot be checked ({err.__class__.__name__}: {first_line})")
+
+
 def check_case(
     report: CaseReport,
     image: Volume,
@@ -62,6 +81,15 @@ def check_case(
 
 def check_image(report: CaseReport, image: Volume, channel_names: list[str]) -> None:
     report.shape = list(image.shape)
+    if image.array.dtype.kind not in "biuf":
+        report.errors.append(f"voxels are {image.array.dtype}, not real numbers (an RGB or complex image?)")
+        return
+    if not np.isfinite(image.affine).all():
+        report.errors.append("the voxel-to-world matrix (NIfTI sform or qform) holds NaN or Inf")
+        return
+    if np.linalg.matrix_rank(image.affine[:3, :3]) < 3:
+        report.errors.append("the voxel-to-world matrix (NIfTI sform or qform) is singular: no geometry")
+        return
     report.spacing = [round(s, 4) for s in image.spacing]
     report.orientation = "".join(nib.aff2axcodes(image.affine))
     report.spacing_ras = [round(s, 4) for s in image.in_ras_frame().spacing]

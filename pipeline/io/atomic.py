@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ from pipeline.errors import InputDataError
 
 # Temporaries are named ".<name>.tmp-<pid><suffixes>": hidden, and traceable to their writer.
 TEMPORARY_MARK = ".tmp-"
+# The longest file name most file systems take, in bytes.
+MAX_NAME_BYTES = 255
 # Errors that only writing can cause: whatever raised them, the target could not be written.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
@@ -31,9 +34,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     On any exception the temporary is removed and the target is left as it was.
     """
     path = Path(path)
-    suffixes = "".join(path.suffixes)
-    stem = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
-    tmp = path.with_name(f".{stem}{TEMPORARY_MARK}{os.getpid()}{suffixes}")
+    tmp = _temporary(path)
     _make_parent(path)
     try:
         yield tmp
@@ -46,6 +47,20 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         # On a read-only file system even removing a file that is not there fails.
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    suffixes = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
+    tmp = path.with_name(f".{stem}{TEMPORARY_MARK}{os.getpid()}{suffixes}")
+    if len(os.fsencode(tmp.name)) <= MAX_NAME_BYTES:
+        return tmp
+    # A target named near the limit (a scan named by its series description) leaves no room for
+    # the mark: a digest of its name instead, with the endings writers choose the format by
+    # (.nii.gz; a long "suffix" is part of a dotted name, not an ending).
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    ending = "".join(s for s in path.suffixes[-2:] if len(s) <= 8)
+    return path.with_name(f".{digest}{TEMPORARY_MARK}{os.getpid()}{ending}")
 
 
 def write_json(path: str | Path, obj) -> None:

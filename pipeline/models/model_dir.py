@@ -13,6 +13,7 @@ its folds, which must agree on network, plan and patch size to be averaged.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from pipeline.preprocess.plans import Plans
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
+# fold_0, fold_1 ...: a copy kept beside them (fold_0_old, fold_1.bak) is not a fold.
+FOLD_DIR = re.compile(r"fold_(0|[1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ def fold_dirs(model_dir: Path, folds: list[int] | None = None) -> list[Path]:
     if (model_dir / MODEL_JSON).is_file():
         return [model_dir]
     found = {
-        int(p.parent.name.removeprefix("fold_")): p.parent for p in model_dir.glob(f"fold_*/{MODEL_JSON}")
+        int(match[1]): p.parent
+        for p in model_dir.glob(f"fold_*/{MODEL_JSON}")
+        if (match := FOLD_DIR.fullmatch(p.parent.name))
     }
     if not found:
         raise InputDataError(f"{model_dir}: no fold_*/{MODEL_JSON}; is it a trained resseg model directory?")
