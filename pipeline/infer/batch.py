@@ -116,7 +116,7 @@ def predict_scans(
     labels = predictor.description.plans.labels
     lesion_values = _lesion_values(detection, labels)
     _check_writable(output_dir)
-    signature = _signature(model, predictor, options)
+    signature = _signature(model, predictor, options, detection)
     mine = scans[index::count]
     todo = [s for s in mine if options.overwrite or not _is_complete(output_dir, s, options, signature)]
 
@@ -161,7 +161,7 @@ class _ScanStep:
                     reads.append(readers.submit(_timed_read, ahead, n_channels))
                 started = time.perf_counter()
                 try:
-                    volumes, read_seconds = read.result()
+                    volumes, read_seconds, identity = read.result()
                     _check_values(scan, volumes)
                     _check_memory(scan, self.predictor.memory_needed(volumes))
                     prediction = self.predictor.predict(volumes)
@@ -173,11 +173,11 @@ class _ScanStep:
                 if writing is not None:
                     yield writing[0], writing[1].result()
                 seconds = read_seconds + time.perf_counter() - started
-                writing = (scan, writer.submit(self._write, scan, volumes[0], prediction, seconds))
+                writing = (scan, writer.submit(self._write, scan, volumes[0], prediction, seconds, identity))
             if writing is not None:
                 yield writing[0], writing[1].result()
 
-    def _write(self, scan: Scan, volume: Volume, prediction, seconds: float) -> bool:
+    def _write(self, scan: Scan, volume: Volume, prediction, seconds: float, identity: str) -> bool:
         started = time.perf_counter()
         outputs = _outputs(self.output_dir, scan, self.options)
         try:
@@ -192,7 +192,7 @@ class _ScanStep:
         except Exception as err:  # a full or read-only disk fails this scan's writing, not the run
             self._record(scan, _reason(scan, err), seconds + time.perf_counter() - started)
             return False
-        report = self._report(volume, prediction)
+        report = {"input_identity": identity} | self._report(volume, prediction)
         self._record(scan, None, seconds + time.perf_counter() - started, outputs, report)
         return True
 
@@ -273,9 +273,20 @@ def model_identity(model_dir: Path, folds: list[int] | None = None) -> dict:
     return {"path": str(model_dir), "folds": folds, "sha256": digest.hexdigest()}
 
 
-def _timed_read(scan: Scan, n_channels: int) -> tuple[list[Volume], float]:
+def _timed_read(scan: Scan, n_channels: int) -> tuple[list[Volume], float, str | None]:
     started = time.perf_counter()
-    return scan.read(n_channels), time.perf_counter() - started
+    identity = _input_identity(scan)  # before reading: a scan replaced meanwhile is redone next run
+    return scan.read(n_channels), time.perf_counter() - started, identity
+
+
+def _input_identity(scan: Scan) -> str | None:
+    """The scan's files as a rerun tells them apart: name, size and modification time of each
+    (a hash, so that a series of a thousand slices keeps its record small)."""
+    try:
+        stats = [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in scan.sources]
+    except OSError:  # a file gone since the folder was listed: reading it names it
+        return None
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
 def _check_memory(scan: Scan, needed: int) -> None:
@@ -343,6 +354,8 @@ def _is_complete(output_dir: Path, scan: Scan, options: BatchOptions, signature:
         record.get("status") == "ok"
         and record.get("signature") == signature
         and all(p.is_file() for p in outputs.paths)
+        # A scan replaced under the same name must not keep the mask of the one before.
+        and record.get("input_identity") == _input_identity(scan)
     )
 
 
@@ -350,10 +363,12 @@ def _record_path(output_dir: Path, name: str) -> Path:
     return output_dir / RECORDS_FOLDER / f"{name}.json"
 
 
-def _signature(model: dict, predictor: Predictor, options: BatchOptions) -> str:
-    """What makes two runs' outputs of a scan the same: model, sliding-window settings, formats."""
+def _signature(model: dict, predictor: Predictor, options: BatchOptions, detection: DetectionParams) -> str:
+    """What makes two runs' outputs of a scan the same: model, sliding-window settings, formats,
+    and the detection parameters behind the lesion columns of its record."""
     parts = (model["sha256"], predictor.overlap, predictor.mirror, predictor.precision,
-             options.output_format, options.save_probabilities, options.dicom_seg)  # fmt: skip
+             options.output_format, options.save_probabilities, options.dicom_seg,
+             json.dumps(detection.model_dump(), sort_keys=True))  # fmt: skip
     return "|".join(str(p) for p in parts)
 
 

@@ -118,6 +118,24 @@ def test_rerun_skips_complete_scans_and_retries_failed_ones(mixed_folder, tmp_pa
     assert run_batch(folder, out, save_probabilities=True).n_skipped == 0
 
 
+def test_rerun_redoes_a_replaced_scan_and_changed_detection_parameters(mixed_folder, tmp_path):
+    """The record holds the input's identity (names, sizes, modification times) and the
+    detection parameters behind its lesion columns: outputs existing is not enough."""
+    folder, _ = mixed_folder
+    out = tmp_path / "out"
+    run_batch(folder, out)
+    blob_scan(folder, "nifti", np.diag([2.0, 2.0, 4.0, 1.0]), shape=(30, 28, 12))  # another scan
+    again = run_batch(folder, out)
+    assert (again.n_done, again.n_skipped, again.failed) == (1, 2, ["corrupt"])  # the replaced scan
+    assert read_volume(out / "nifti.nii.gz").shape == (30, 28, 12)
+    os.utime(folder / "nrrd.nrrd", ns=(0, 0))  # same bytes, another time: redone, to be safe
+    assert run_batch(folder, out).n_done == 1
+
+    stricter = DetectionParams(lesion_labels=["lesion"], operating_threshold=0.9)
+    redone = batch.run(oracle_predictor(), MODEL, folder, out, batch.BatchOptions(), stricter)
+    assert (redone.n_done, redone.n_skipped) == (3, 0)
+
+
 def test_shards_merge_into_one_summary(mixed_folder, tmp_path):
     folder, _ = mixed_folder
     out = tmp_path / "out"
