@@ -3,14 +3,17 @@ through pydicom, mapped onto their image's voxel grid by geometry."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.dataelem import RawDataElement
 
 from pipeline.errors import InputDataError
+from pipeline.io.limits import check_input_bytes
 from pipeline.io.volumes import LPS_TO_RAS, Volume, sitk_to_volume
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -23,6 +26,8 @@ SPACING_TOLERANCE = 0.01
 # Slices may drift sideways by this many pixels over a whole series before it counts as tilted:
 # ignoring that drift misplaces no voxel by more, and rounded positions drift a little anyway.
 TILT_TOLERANCE_PIXELS = 0.5
+# Header values longer than this are left unread, so that PixelData's length costs no memory.
+DEFER_BYTES = 1024
 # Slices closer than this along their normal sit at one position (duplicates, or a series whose
 # positions were all written alike), leaving the slice spacing unknown.
 SAME_POSITION_MM = 0.01
@@ -88,6 +93,7 @@ def _series_ids(directory: Path) -> tuple[str, ...]:
 def read_dicom_series(series: DicomSeries) -> Volume:
     """One series as a 3D volume; rescale slope and intercept applied (Hounsfield units for CT)."""
     folder = series.files[0].parent
+    _check_pixel_data(series)
     _check_slice_geometry(series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in series.files])
@@ -99,6 +105,34 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     if image.GetDimension() != 3 or image.GetSize()[2] < 2:
         raise InputDataError(f"{folder}: series {series.uid} has only 1 slice, expected a 3D volume")
     return sitk_to_volume(image)
+
+
+def _check_pixel_data(series: DicomSeries) -> None:
+    """ITK allocates the whole series from the first slice's Rows x Columns (x frames) before it
+    reads a pixel: that size is checked against the input limit first. And ITK fills a slice
+    whose PixelData is shorter than Rows x Columns say with whatever memory held, giving a mask
+    of garbage, so uncompressed PixelData must hold them all."""
+    for index, path in enumerate(series.files):
+        header = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        missing = [key for key in ("Rows", "Columns", "BitsAllocated", "PixelData") if key not in header]
+        if missing:
+            raise InputDataError(f"{path}: no {missing[0]} tag")
+        frames = int(header.get("NumberOfFrames") or 1)
+        samples = int(header.get("SamplesPerPixel") or 1)
+        values = (header.Columns, header.Rows, frames * samples)
+        if index == 0:
+            bytes_per_value = max(header.BitsAllocated // 8, 1)  # 1-bit images read as bytes
+            where = f"{path.parent}: series {series.uid}"
+            check_input_bytes(where, (*values[:2], values[2] * len(series.files)), bytes_per_value)
+        needed = -(-math.prod(values) * header.BitsAllocated // 8)
+        pixel_data = header.get_item("PixelData")
+        held = pixel_data.length if isinstance(pixel_data, RawDataElement) else len(pixel_data.value)
+        encapsulated = header.file_meta.TransferSyntaxUID.is_encapsulated  # compressed: the decoder checks
+        if not encapsulated and held < needed:
+            raise InputDataError(
+                f"{path}: PixelData (7FE0,0010) holds {held} bytes, fewer than the {needed} that "
+                f"Rows x Columns ({header.Rows} x {header.Columns}) need"
+            )
 
 
 def _check_slice_geometry(series: DicomSeries) -> None:

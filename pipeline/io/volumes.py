@@ -7,6 +7,8 @@ with channels last for multi-channel volumes, as NIfTI stores them.
 
 from __future__ import annotations
 
+import gzip
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from nibabel.affines import apply_affine
 
 from pipeline.errors import InputDataError
 from pipeline.io.atomic import atomic_output
+from pipeline.io.limits import check_input_bytes
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 SITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -26,9 +29,13 @@ VOLUME_ENDINGS = NIFTI_ENDINGS + SITK_ENDINGS
 # Detached-header formats (.nhdr, .mhd) name their data file inside the header, so they cannot
 # be written under a temporary name and renamed; we write their single-file siblings only.
 WRITABLE_ENDINGS = NIFTI_ENDINGS + (".nrrd", ".mha")
-# More values than any scan has (2^31: e.g. 1024x1024x2048): a header claiming more is damaged
-# or hostile, and reading it would exhaust memory.
-MAX_VOXELS = 2**31
+# The header keys that name detached data files, and enough of a header's start to find them.
+DATA_FILE_KEYS = {"data file", "datafile", "elementdatafile"}
+HEADER_TEXT_BYTES = 2**16
+# More slice files than any scan has slices.
+MAX_DATA_FILES = 100_000
+# Decompressed a piece at a time, so that only the bytes a file really holds take memory.
+GZIP_CHUNK_BYTES = 16 * 2**20
 # NIfTI's spatial units (the low 3 bits of xyzt_units) in mm; "unknown" (0) is read as mm, as
 # ITK and nibabel do. ITK converts metres and microns, nibabel ignores them: we convert.
 SPATIAL_UNIT_BITS = 0x07
@@ -182,8 +189,7 @@ def _check_signature(path: Path, ending: str) -> None:
 
 
 def _read_nifti(path: Path) -> Volume:
-    image = nib.load(path)
-    _check_size(path, image.shape)
+    image = nib.load(path)  # the header only
     shape = image.shape
     # NIfTI keeps the 4th axis for time (our channels) and the 5th for vector components, where
     # ITK writes multi-component images as (x, y, z, 1, c): both are channels; both at once are not.
@@ -192,7 +198,7 @@ def _read_nifti(path: Path) -> Volume:
             f"{path}: {len(shape)}D image of shape {shape}; expected 3D, or 4D with the channels last"
         )
     affine, forms = _nifti_geometry(path, image)
-    array = np.asanyarray(image.dataobj)
+    array = _read_nifti_data(path, image.dataobj)
     if array.ndim == 5:
         array = array[:, :, :, 0, :]
     return Volume(array=array, affine=affine, nifti=forms)
@@ -210,26 +216,86 @@ def _nifti_geometry(path: Path, image: nib.Nifti1Image) -> tuple[np.ndarray, Nif
     return np.diag([*[MM_PER_UNIT[forms.unit]] * 3, 1.0]) @ image.affine, forms
 
 
+def _read_nifti_data(path: Path, proxy: nib.arrayproxy.ArrayProxy) -> np.ndarray:
+    """The voxels, once the header's size is within the limit and the file is known to hold them:
+    a 74-byte file claiming 2 GiB is refused before anything is allocated for it."""
+    needed = check_input_bytes(path, proxy.shape, proxy.dtype.itemsize)
+    gzipped = path.name.lower().endswith(".gz")
+    data, held = _gunzip(path, proxy.offset + needed) if gzipped else (None, path.stat().st_size)
+    if held - proxy.offset < needed:
+        raise InputDataError(
+            f"{path}: truncated: the header claims {needed} bytes of voxels, the file holds "
+            f"{max(held - proxy.offset, 0)}"
+        )
+    if data is None:
+        return np.asanyarray(proxy)
+    raw = np.ndarray(proxy.shape, proxy.dtype, buffer=data, offset=proxy.offset, order=proxy.order)
+    return nib.volumeutils.apply_read_scaling(raw, proxy.slope, proxy.inter)
+
+
+def _gunzip(path: Path, n_bytes: int) -> tuple[np.ndarray, int]:
+    """The first ``n_bytes`` a gzip file decompresses to, and how many it held. nibabel would
+    allocate (and zero) them all first; here memory pages are committed only as data arrives, and
+    decompression stops at ``n_bytes``, however much more the file would give (a gzip bomb)."""
+    data = np.empty(n_bytes, np.uint8)
+    held = 0
+    with gzip.open(path) as stream:
+        while held < n_bytes and (n := stream.readinto(data[held : held + GZIP_CHUNK_BYTES])):
+            held += n
+    return data, held
+
+
 def _read_sitk(path: Path) -> Volume:
+    _check_data_files(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     if reader.GetDimension() != 3:
         size = tuple(reader.GetSize())
         raise InputDataError(f"{path}: {reader.GetDimension()}D image of size {size}; expected 3D")
-    _check_size(path, (*reader.GetSize(), reader.GetNumberOfComponents()))
+    # ITK allocates the header's size, then reads (or decompresses) only that much.
+    component = sitk.Image([1, 1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())
+    check_input_bytes(
+        path, (*reader.GetSize(), reader.GetNumberOfComponents()), component.GetSizeOfPixelComponent()
+    )
     return sitk_to_volume(reader.Execute())
 
 
-def _check_size(path: Path, shape: tuple[int, ...]) -> None:
-    """Refuse a header claiming an absurd size before anything is allocated for it."""
-    n_voxels = int(np.prod(shape, dtype=np.float64))
-    if n_voxels > MAX_VOXELS:
-        shape_text = "x".join(str(n) for n in shape)
-        raise InputDataError(
-            f"{path}: the header claims {shape_text} = {n_voxels:.3g} values, more than the "
-            f"{MAX_VOXELS:.3g} a scan may have"
-        )
+def _check_data_files(path: Path) -> None:
+    """A header may keep its voxels in other files (NRRD's "data file", MetaImage's
+    "ElementDataFile"): each must be a regular file in the header's folder or below it, never a
+    FIFO that blocks forever, /dev/zero that never ends, nor a file elsewhere on the system.
+    The name is judged as written, not resolved, so DVC's symlinked cache still works."""
+    for name in _data_file_names(path):
+        if Path(name).is_absolute() or os.path.normpath(name).split(os.sep)[0] == "..":
+            raise InputDataError(f"{path}: its data file {name} lies outside the header's folder")
+        if not (path.parent / name).is_file():
+            raise InputDataError(f"{path}: its data file {name} is missing or not a regular file")
+
+
+def _data_file_names(path: Path) -> list[str]:
+    """The data files a NRRD or MetaImage header names: one, a LIST on the lines that follow, or
+    a printf pattern with its first, last and step (empty when the voxels follow the header)."""
+    with path.open("rb") as handle:
+        lines = handle.read(HEADER_TEXT_BYTES).decode("latin-1").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip() and lines[0].startswith("NRRD"):
+            return []  # a NRRD header ends at its first empty line; the voxels follow
+        key, _, value = line.partition("=" if "=" in line.split(":")[0] else ":")
+        if key.strip().lower() not in DATA_FILE_KEYS:
+            continue
+        words = value.split()
+        if not words or words[0] == "LOCAL":
+            return []
+        if words[0] == "LIST":
+            return [name.strip() for name in lines[i + 1 :] if name.strip()]
+        if "%" in words[0] and len(words) >= 4:
+            indices = range(int(words[1]), int(words[2]) + (1 if int(words[3]) > 0 else -1), int(words[3]))
+            if len(indices) > MAX_DATA_FILES:
+                raise InputDataError(f"{path}: names {len(indices)} data files, more than {MAX_DATA_FILES}")
+            return [words[0] % index for index in indices]
+        return [value.strip()]
+    return []
 
 
 def sitk_to_volume(image: sitk.Image) -> Volume:
