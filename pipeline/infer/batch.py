@@ -24,7 +24,7 @@ import platform
 import sys
 import time
 import traceback
-from collections import deque
+from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -115,6 +115,8 @@ def predict_scans(
         raise ConfigError(f"--workers: expected at least 1, got {options.workers}")
     labels = predictor.description.plans.labels
     lesion_values = _lesion_values(detection, labels)
+    scans, clashing = _without_shared_outputs(output_dir, scans, options)
+    unusable = unusable + clashing
     _check_writable(output_dir)
     signature = _signature(model, predictor, options, detection)
     mine = scans[index::count]
@@ -357,6 +359,27 @@ def _is_complete(output_dir: Path, scan: Scan, options: BatchOptions, signature:
         # A scan replaced under the same name must not keep the mask of the one before.
         and record.get("input_identity") == _input_identity(scan)
     )
+
+
+def _without_shared_outputs(
+    output_dir: Path, scans: list[Scan], options: BatchOptions
+) -> tuple[list[Scan], list[Unusable]]:
+    """Scans that would write the same output path (with --recursive, the masks of a subfolder
+    named probabilities/ are other scans' probability files) are all refused, naming each other,
+    as inputs of the same name are: no output may overwrite another. Paths compare
+    case-insensitively, as macOS and Windows file systems do."""
+    writers = defaultdict(list)
+    for scan in scans:
+        for path in _outputs(output_dir, scan, options).paths:
+            writers[str(path).casefold()].append((scan, path))
+    reasons = {}
+    for sharing in (group for group in writers.values() if len(group) > 1):
+        for scan, path in sharing:
+            others = ", ".join(str(other.source) for other, _ in sharing if other is not scan)
+            reason = f"{scan.source}: its output {path} would also be that of {others}; rename or move one"
+            reasons.setdefault(scan.name, reason)
+    refused = [Unusable(s.name, s.source, reasons[s.name]) for s in scans if s.name in reasons]
+    return [s for s in scans if s.name not in reasons], refused
 
 
 def _record_path(output_dir: Path, name: str) -> Path:

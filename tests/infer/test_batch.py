@@ -197,6 +197,33 @@ def test_multichannel_files_are_grouped_by_case(tmp_path):
     assert [s.name for s in scans] == ["a", "a_0001", "b", "c"]
 
 
+def test_outputs_of_different_scans_never_share_a_path(tmp_path):
+    """With --recursive, the mask of probabilities/a.nii.gz is where a.nii.gz's probabilities
+    go: both are refused, naming each other, and nothing is overwritten; the other scans done."""
+    folder = tmp_path / "in"
+    (folder / "probabilities").mkdir(parents=True)
+    (folder / "deep/probabilities").mkdir(parents=True)
+    for name in ("a", "probabilities/a", "b", "deep/probabilities/b"):
+        blob_scan(folder, name, np.diag([2.0, 2.0, 4.0, 1.0]))
+    out = tmp_path / "out"
+
+    result = run_batch(folder, out, recursive=True, save_probabilities=True)
+
+    assert result.failed == ["a", "probabilities/a"]
+    rows = summary_rows(out)
+    assert rows["a"]["error"] == (
+        f"{folder / 'a.nii.gz'}: its output {out / 'probabilities/a.nii.gz'} would also be that of "
+        f"{folder / 'probabilities/a.nii.gz'}; rename or move one"
+    )
+    assert rows["probabilities/a"]["error"].startswith(f"{folder / 'probabilities/a.nii.gz'}: its output")
+    assert not (out / "a.nii.gz").exists() and not (out / "probabilities/a.nii.gz").exists()
+    # deep/probabilities/b's mask and b's probabilities differ in path: both are written.
+    assert read_volume(out / "deep/probabilities/b.nii.gz").array.ndim == 3
+    assert read_probability(out / "probabilities/b.nii.gz", 2).shape == (40, 36, 14)
+    # Without probabilities nothing is shared, and every scan is segmented.
+    assert run_batch(folder, tmp_path / "masks_only", recursive=True).failed == []
+
+
 def test_dicom_seg_references_the_series(tmp_path):
     folder = tmp_path / "in"
     hu = np.zeros((24, 20, 8), np.int16)
