@@ -10,7 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import EvaluateParams, Params, load_params, resolve_network, validate_section
+from pipeline.config import (
+    EvaluateParams,
+    Params,
+    PredictParams,
+    load_params,
+    resolve_network,
+    validate_section,
+)
 from pipeline.errors import SOME_SCANS_FAILED, ConfigError, UserError
 from pipeline.io.paths import check_outputs_apart
 
@@ -179,17 +186,21 @@ def _number(value: float | None) -> str:
 def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
     from pipeline.infer.predictor import Predictor
 
-    params = _params(args).predict
-    overlap, tta = getattr(args, "overlap", None), getattr(args, "tta", None)
-    precision = getattr(args, "precision", None)
+    # Options checked as params.yaml's predict section is: an overlap of 1 or NaN is one line.
+    options = {key: getattr(args, key, None) for key in ("overlap", "tta", "precision")}
+    params = validate_section(
+        PredictParams,
+        _params(args).predict.model_dump() | {k: v for k, v in options.items() if v is not None},
+        "command line",
+    )
     return Predictor.from_model_dir(
         args.model,
         folds=folds,
-        overlap=params.overlap if overlap is None else overlap,
+        overlap=params.overlap,
         sw_batch_size=params.sw_batch_size,
         device=args.device,
-        mirror=params.tta if tta is None else tta,
-        precision=params.precision if precision is None else precision,
+        mirror=params.tta,
+        precision=params.precision,
     )
 
 

@@ -16,6 +16,7 @@ options and the software.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -165,6 +166,7 @@ class _ScanStep:
                 try:
                     volumes, read_seconds, identity = read.result()
                     _check_values(scan, volumes)
+                    _check_extent(scan, volumes[0], self.predictor.description.plans.target_spacing)
                     _check_memory(scan, self.predictor.memory_needed(volumes))
                     prediction = self.predictor.predict(volumes)
                     _check_grid(scan, prediction.label, volumes[0])
@@ -192,6 +194,11 @@ class _ScanStep:
                 self.lesion_values,
             )
         except Exception as err:  # a full or read-only disk fails this scan's writing, not the run
+            # An error row has no outputs: none written before the failure stays (the mask of a
+            # scan whose DICOM SEG was refused).
+            for path in outputs.paths:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             self._record(scan, _reason(scan, err), seconds + time.perf_counter() - started)
             return False
         report = {"input_identity": identity} | self._report(volume, prediction)
@@ -289,6 +296,18 @@ def _input_identity(scan: Scan) -> str | None:
     except OSError:  # a file gone since the folder was listed: reading it names it
         return None
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
+def _check_extent(scan: Scan, volume: Volume, target_spacing: list[float]) -> None:
+    """A scan less than one voxel of the model's grid across (a spacing of 1e-6 mm) would be
+    resampled to nothing: refused with both sizes."""
+    ras = volume.in_ras_frame()
+    extent = np.multiply(ras.shape, ras.spacing)
+    if not np.all(extent >= target_spacing):  # NaN included
+        raise InputDataError(
+            f"{scan.source}: {'x'.join(f'{e:.3g}' for e in extent)} mm across, less than one voxel "
+            f"of the model's {'x'.join(f'{s:.3g}' for s in target_spacing)} mm spacing"
+        )
 
 
 def _check_memory(scan: Scan, needed: int) -> None:

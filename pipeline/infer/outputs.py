@@ -13,6 +13,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 import pipeline
+from pipeline.errors import InputDataError
 from pipeline.infer.inputs import Scan
 from pipeline.infer.predictor import Prediction
 from pipeline.io import Volume, write_probabilities, write_volume
@@ -104,7 +105,17 @@ def write_dicom_seg(
     # The series' files are in the order of the volume's third axis; SEG frames are (slice, row,
     # column), our arrays (column, row, slice).
     planes = np.stack([label == value for value in foreground], axis=-1).transpose(2, 1, 0, 3)
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(sources, planes, descriptions)
+    except ValueError as err:  # highdicom's refusal of the series (a required tag missing ...)
+        raise InputDataError(f"{series.files[0].parent}: no DICOM SEG can reference it ({err})") from None
+    _remove_identifiers(seg)
+    with atomic_output(path) as tmp:
+        seg.save_as(tmp)
+
+
+def _segmentation(sources, planes: np.ndarray, descriptions) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=planes.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -119,9 +130,6 @@ def write_dicom_seg(
         device_serial_number="0",
         omit_empty_frames=False,
     )
-    _remove_identifiers(seg)
-    with atomic_output(path) as tmp:
-        seg.save_as(tmp)
 
 
 def _remove_identifiers(seg: hd.seg.Segmentation) -> None:

@@ -16,6 +16,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, Invertd
 from torch import nn
 
+from pipeline.errors import ConfigError
 from pipeline.infer.memory import prediction_bytes
 from pipeline.io import Volume
 from pipeline.models.model_dir import ModelDescription, load_description, load_fold_networks
@@ -39,9 +40,19 @@ class Prediction:
 
 
 def resolve_device(name: str) -> torch.device:
+    """A device this machine has, or one line saying why not (rather than a traceback at the
+    first window)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:<index>, got {name!r}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device: no {name} here (CUDA devices: {torch.cuda.device_count()})")
+    return device
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16", "fp16"]:

@@ -82,6 +82,10 @@ def _valid_cases(cases: list[Case], qc_report: str | Path | None) -> list[Case]:
     """Leave out the cases that validation found in error (when told to skip them)."""
     if qc_report is None:
         return cases
-    report = json.loads(Path(qc_report).read_text())
-    invalid = {row["case"] for row in report["cases"] if row["errors"]}
+    try:
+        invalid = {row["case"] for row in json.loads(Path(qc_report).read_text())["cases"] if row["errors"]}
+    except OSError as err:
+        raise InputDataError(f"{qc_report}: cannot be read ({err.strerror})") from None
+    except (ValueError, KeyError, TypeError):
+        raise InputDataError(f"{qc_report}: not a QC report of resseg validate") from None
     return [case for case in cases if case.name not in invalid]
