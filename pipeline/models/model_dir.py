@@ -13,6 +13,7 @@ its folds, which must agree on network, plan and patch size to be averaged.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
 # fold_0, fold_1 ...: a copy kept beside them (fold_0_old, fold_1.bak) is not a fold.
 FOLD_DIR = re.compile(r"fold_(0|[1-9][0-9]*)")
+# What preprocess/transforms.py knows how to apply.
+NORMALIZATION_SCHEMES = ("ct", "zscore")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ def load_description(model_dir: Path, folds: list[int] | None = None) -> ModelDe
     for path, other in others:
         if other != first:
             raise InputDataError(f"{path}: network, plan or patch size differs from {first_path}")
+    _check_numbers(first_path / MODEL_JSON, first)
     return first
 
 
@@ -103,7 +107,7 @@ def load_fold_networks(
     for path in fold_dirs(model_dir, folds):
         network = description.build()
         try:
-            network.load_state_dict(load_state_dict(path / WEIGHTS))
+            network.load_state_dict(_finite(path / WEIGHTS, load_state_dict(path / WEIGHTS)))
         except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
             first_line = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
             raise InputDataError(f"{path / WEIGHTS}: does not fit {MODEL_JSON} ({first_line})") from None
@@ -122,6 +126,44 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if "state_dict" in state:  # a Lightning checkpoint: the network sits under "network."
         prefix = "network."
         state = {k.removeprefix(prefix): v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    return state
+
+
+def _check_numbers(path: Path, description: ModelDescription) -> None:
+    """Values that would not fail until inference, and then give a traceback or an empty mask:
+    a zero std or a NaN clip value turns every voxel into NaN, a non-positive patch or spacing
+    has no windows. Named by their key in model.json."""
+
+    def refuse(key: str, value, expected: str):
+        raise InputDataError(f"{path}: {key} is {value}, expected {expected}")
+
+    plans = description.plans
+    for key, sizes in (("patch_size", description.patch_size), ("plans.patch_size", plans.patch_size)):
+        if not all(n >= 1 for n in sizes):
+            refuse(key, sizes, "positive sizes")
+    if not all(s > 0 for s in plans.target_spacing):  # False for NaN too
+        refuse("plans.target_spacing", list(plans.target_spacing), "positive spacings in mm")
+    for channel, norm in enumerate(plans.normalization):
+        key = f"plans.normalization[{channel}]"
+        if norm.scheme not in NORMALIZATION_SCHEMES:
+            refuse(f"{key}.scheme", repr(norm.scheme), " or ".join(NORMALIZATION_SCHEMES))
+        if norm.scheme != "ct":
+            continue
+        for name in ("clip_low", "clip_high", "mean", "std"):
+            value = getattr(norm, name)
+            if not (isinstance(value, int | float) and math.isfinite(value)):
+                refuse(f"{key}.{name}", value, "a finite number")
+        if norm.std <= 0:
+            refuse(f"{key}.std", norm.std, "a positive number")
+        if norm.clip_low >= norm.clip_high:
+            refuse(f"{key}.clip_low", norm.clip_low, f"less than clip_high ({norm.clip_high})")
+
+
+def _finite(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights holding NaN or infinities make every prediction NaN: an empty mask."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputDataError(f"{path}: tensor {name} holds NaN or infinite values")
     return state
 
 
