@@ -103,6 +103,7 @@ def load_cohort(root: str | Path, require_files: bool = True) -> Cohort:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise InputDataError(f"{meta_path}: missing or malformed entry ({err!r})") from None
     _check_counts(meta, meta_path, training, test)
+    _check_unique_names(root, meta_path, training + test)
     _check_none_unlisted(root, meta_path, training + test)
     for case in training + test if require_files else []:
         for path in (case.image, case.label):
@@ -141,6 +142,19 @@ def _check_counts(meta: dict, meta_path: Path, training: list[Case], test: list[
         if key in meta and meta[key] != len(cases):
             raise InputDataError(
                 f"{meta_path}: {key} is {meta[key]!r} but {len(cases)} cases are listed in {listed!r}"
+            )
+
+
+def _check_unique_names(root: Path, meta_path: Path, cases: list[Case]) -> None:
+    """Cases are known by name (a file name without its ending), so ``a.nii`` and ``a.nii.gz``
+    listed as two cases would be merged into one, and a split list that case twice."""
+    first_of: dict[str, Case] = {}
+    for case in cases:
+        other = first_of.setdefault(case.name, case)
+        if other is not case:
+            raise InputDataError(
+                f"{meta_path}: {other.image.relative_to(root)} and {case.image.relative_to(root)} "
+                f"are one case, {case.name!r}; list it once"
             )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from pipeline.cohort.dataset import FILE_ENDING, load_cohort, read_dataset_json, write_dataset_json
 from pipeline.cohort.qc import conclude
@@ -209,10 +210,27 @@ def _dicom_case(folder: Path, channel_names: list[str]) -> SourceCase:
         if len(segs) + len(label_files) > 1:
             raise InputDataError(f"{folder}: {len(segs) + len(label_files)} label candidates; keep one")
         if segs:
+            _check_seg_reference(segs[0], chosen)
             return image, Volume(read_dicom_seg(segs[0], volumes[0]), image.affine)
         return image, read_volume(label_files[0]) if label_files else None
 
     return SourceCase(folder.name, "train", read)
+
+
+def _check_seg_reference(seg_path: Path, series: list[DicomSeries]) -> None:
+    """A SEG labels the series it references: one placed by geometry alone on another series
+    (a later scan of the same patient and frame) would be imported as that series' label."""
+    try:
+        header = pydicom.dcmread(seg_path, stop_before_pixels=True)
+        referenced = {str(item.SeriesInstanceUID) for item in header.ReferencedSeriesSequence}
+    except (AttributeError, pydicom.errors.InvalidDicomError, OSError):
+        referenced = set()
+    if not referenced & {s.uid for s in series}:
+        named = ", ".join(sorted(referenced)) or "none"
+        raise InputDataError(
+            f"{seg_path}: references series {named}, absent from its folder "
+            f"(image series: {', '.join(s.uid for s in series)})"
+        )
 
 
 def _series_for_channels(

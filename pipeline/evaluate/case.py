@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ def evaluate_case(
     reference, prediction = read_volume(files.reference), read_volume(files.prediction)
     _check_same_geometry(files.prediction, prediction, files.reference, reference)
     ref, pred = np.asarray(reference.array), np.asarray(prediction.array)
+    for path, mask in ((files.reference, ref), (files.prediction, pred)):
+        _check_label_values(path, mask, label_values)
     spacing = reference.spacing
     if label_values is None:
         label_values = sorted((set(np.unique(ref)) | set(np.unique(pred))) - {0})
@@ -94,6 +97,21 @@ def _lesion_probability(
     probability = read_probability(files.probabilities, value)
     _check_same_geometry(files.probabilities, probability, files.reference, reference)
     return probability.array
+
+
+def _check_label_values(path: Path, mask: np.ndarray, declared: list[int] | None) -> None:
+    """A mask holds whole label values from 0, each declared in dataset.json where one is given:
+    a 0.5 or a NaN (a probability map, a mask resampled linearly) or an undeclared 7 or 255 would
+    otherwise be scored, or dropped, as if it meant something."""
+    values = np.unique(mask)  # NaNs collapse into one
+    odd = [v for v in values.tolist() if not (math.isfinite(v) and v >= 0 and v == int(v))]
+    if odd:
+        raise InputDataError(f"{path}: holds {odd[:3]}, not label values (whole numbers from 0)")
+    undeclared = sorted({int(v) for v in values} - {0, *(declared or [])})
+    if declared is not None and undeclared:
+        raise InputDataError(
+            f"{path}: holds label value(s) {undeclared} that dataset.json does not declare ({declared})"
+        )
 
 
 def _check_same_geometry(path: Path, volume: Volume, reference_path: Path, reference: Volume) -> None:

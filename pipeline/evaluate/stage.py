@@ -35,6 +35,9 @@ SEGMENTATION_COLUMNS = ("status", "dice", "nsd", "hd95_mm", "reference_ml", "pre
 DETECTION_COLUMNS = ("lesions", "candidates", "detected", "false_positives", "case_score")
 CURVES = ("froc", "lesion_pr", "roc", "case_pr")
 
+# A label name usable as a folder name: not empty, "." or "..", without separators or NUL.
+FOLDER_NAME = re.compile(r"(?!\.\.?$)[^/\\\0]+")
+
 
 def run(
     params: EvaluateParams,
@@ -275,9 +278,14 @@ def _label_names(dataset_json: str | Path | None) -> dict[int, str]:
     if dataset_json is None:
         return {}
     try:
-        return {int(v): n for v, n in json.loads(Path(dataset_json).read_text())["labels"].items()}
+        names = {int(v): n for v, n in json.loads(Path(dataset_json).read_text())["labels"].items()}
     except (OSError, ValueError, KeyError) as err:
         raise InputDataError(f"{dataset_json}: cannot read label names ({err})") from None
+    # A name becomes a folder of the output (curves/<label>/): "../x" or "a/b" would lead out of it.
+    unsafe = [n for n in names.values() if not (isinstance(n, str) and FOLDER_NAME.fullmatch(n))]
+    if unsafe:
+        raise InputDataError(f"{dataset_json}: label name {unsafe[0]!r} cannot be a folder's name")
+    return names
 
 
 def _label_value(parameter: str, name: str, names: dict[int, str]) -> int:
