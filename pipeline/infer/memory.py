@@ -3,13 +3,25 @@ refused with the size it would need, rather than the whole batch being killed by
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from pipeline.io.limits import GIB, available_memory
+from pipeline.models.model_dir import ModelDescription
+
+__all__ = ["GIB", "available_memory", "prediction_bytes", "window_bytes"]
 
 FLOAT32 = 4
-GIB = 2**30
+# The network's tensors are tracked, not the convolutions' scratch buffers nor the sliding
+# window's own copies of a window: on the CPU one forward pass peaked at up to 1.9x the tracked
+# bytes (resunet_small, resenc_m and resnet18_unet presets, 64^3 to 128^3 windows), a whole
+# prediction of a one-window scan at 2.1x (tests/infer/test_memory.py measures it again).
+WORKSPACE_FACTOR = 3
 
 
 def prediction_bytes(
@@ -32,19 +44,35 @@ def prediction_bytes(
     return FLOAT32 * (on_resampled_grid + on_scan_grid)
 
 
-def available_memory(
-    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
-) -> int | None:
-    """Bytes this process may still allocate: the kernel's MemAvailable, or less where a cgroup
-    (a container, a SLURM job) sets a lower limit; None where neither can be read (not Linux)."""
-    limits = []
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                limits.append(int(line.split()[1]) * 1024)  # the kernel counts in KiB
-    limit_file, current_file = cgroup / "memory.max", cgroup / "memory.current"
-    if limit_file.is_file() and current_file.is_file():
-        limit = limit_file.read_text().strip()
-        if limit != "max":  # cgroup v2's word for no limit
-            limits.append(int(limit) - int(current_file.read_text()))
-    return min(limits) if limits else None
+def window_bytes(description: ModelDescription, sw_batch_size: int = 1) -> int:
+    """The memory the network's activations take at their peak over one forward pass of
+    ``sw_batch_size`` windows in float32, computed from the architecture: the network is built
+    and run on PyTorch's meta device, where tensors have sizes but no storage, and the bytes of
+    the tensors alive at each step are summed."""
+    with torch.device("meta"):
+        network = description.build().eval()
+        windows = torch.zeros(sw_batch_size, description.plans.n_channels, *description.patch_size)
+    with torch.no_grad(), _LiveTensorBytes() as live:
+        network(windows)
+    return WORKSPACE_FACTOR * live.peak
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """The most bytes held at once by the tensors the operations under it create: each storage
+    is counted from the operation that makes it until it is freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: dict[int, int] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(result):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                if storage._cdata not in self.held:  # a view or an in-place result adds nothing
+                    self.held[storage._cdata] = storage.nbytes()
+                    weakref.finalize(storage, self.held.pop, storage._cdata)
+        self.peak = max(self.peak, sum(self.held.values()))
+        return result

@@ -17,7 +17,7 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.infer.memory import prediction_bytes
+from pipeline.infer.memory import prediction_bytes, window_bytes
 from pipeline.io import Volume
 from pipeline.models.model_dir import ModelDescription, load_description, load_fold_networks
 from pipeline.preprocess.reader import VolumeReader
@@ -87,6 +87,8 @@ class Predictor:
         # Volumes come in already read (any format, DICOM included): skip the chain's loading step.
         self.preprocess_loaded = Compose(self.preprocessing.transforms[1:])
         self.inverse = Invertd("probabilities", self.preprocessing, orig_keys="image", nearest_interp=False)
+        # On the CPU the network's activations share the host memory with the scan's arrays.
+        self.activation_bytes = window_bytes(description, sw_batch_size) if self.device.type == "cpu" else 0
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, folds: list[int] | None = None, **options) -> Predictor:
@@ -119,9 +121,10 @@ class Predictor:
     def memory_needed(self, channels: Sequence[Volume]) -> int:
         """Bytes of host memory that predicting this scan takes, at most (memory.py)."""
         plans, scan = self.description.plans, channels[0]
-        return prediction_bytes(
+        arrays = prediction_bytes(
             scan.shape, scan.spacing, plans.target_spacing, len(channels), len(plans.labels)
         )
+        return arrays + self.activation_bytes
 
     def _window_probabilities(self, network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         logits = sliding_window_inference(
