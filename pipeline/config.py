@@ -6,6 +6,7 @@ the key (``train.max_epochs: expected an integer, got 'ten'``) instead of being 
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, get_args
 
@@ -22,6 +23,13 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Triple = Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
 IntTriple = Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+# Upper bounds on a network's sizes: far above any 3D segmentation network in use (nnU-Net's
+# largest has 320 features and 6 blocks a stage), far below what a hostile model.json would
+# need to exhaust memory or to hang while the network is built.
+MAX_FEATURES = 2048
+MAX_BLOCKS = 32
+MAX_LEVELS = 10
+Features = Annotated[int, Field(gt=0, le=MAX_FEATURES)]
 # [low, high]
 Range = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2, max_length=2)]
 
@@ -76,9 +84,9 @@ class ResidualUnitUNetParams(Section):
     """MONAI's UNet with a stack of residual units at every level."""
 
     architecture: Literal["residual_unit_unet"] = "residual_unit_unet"
-    channels: Annotated[list[PositiveInt], Field(min_length=2)] = [16, 32, 64, 128]
+    channels: Annotated[list[Features], Field(min_length=2, max_length=MAX_LEVELS)] = [16, 32, 64, 128]
     strides: Annotated[list[PositiveInt], Field(min_length=1)] = [2, 2, 2]
-    num_res_units: Annotated[int, Field(ge=0)] = 2
+    num_res_units: Annotated[int, Field(ge=0, le=MAX_BLOCKS)] = 2
     norm: Literal["instance", "batch"] = "instance"
     dropout: Fraction = 0.0
     # Not a key: every architecture answers it, so training asks them all alike.
@@ -100,10 +108,12 @@ class ResidualEncoderUNetParams(Section):
     architecture: Literal["residual_encoder_unet"] = "residual_encoder_unet"
     # Residual blocks per encoder stage. Its length is the most stages the network may have;
     # a small or thick-sliced patch allows fewer, and the list is then cut short.
-    blocks_per_stage: Annotated[list[PositiveInt], Field(min_length=2)] = [1, 3, 4, 6, 6, 6]
+    blocks_per_stage: Annotated[
+        list[Annotated[int, Field(gt=0, le=MAX_BLOCKS)]], Field(min_length=2, max_length=MAX_LEVELS)
+    ] = [1, 3, 4, 6, 6, 6]
     # Stage s has min(base_features * 2**s, max_features) channels.
-    base_features: PositiveInt = 32
-    max_features: PositiveInt = 320
+    base_features: Features = 32
+    max_features: Features = 320
     # In training, one output per decoder resolution (full resolution first).
     deep_supervision: bool = True
 
@@ -114,7 +124,7 @@ class ResNetUNetParams(Section):
     architecture: Literal["resnet_unet"] = "resnet_unet"
     depth: Literal[10, 18, 34, 50] = 18
     # One per upsampling, deepest first; the encoder downsamples five times.
-    decoder_channels: Annotated[list[PositiveInt], Field(min_length=5, max_length=5)] = [256, 128, 64, 32, 16]
+    decoder_channels: Annotated[list[Features], Field(min_length=5, max_length=5)] = [256, 128, 64, 32, 16]
     deep_supervision: ClassVar[bool] = False
 
 
@@ -128,8 +138,11 @@ _ARCHITECTURES = {cls.model_fields["architecture"].default for cls in get_args(g
 
 
 def parse_network(data: dict) -> NetworkParams:
-    """Validate a network description (a preset with overrides, or model.json's "network")."""
-    return _NETWORK.validate_python(data)
+    """Validate model.json's "network"; a problem is one line naming the key ("network.channels.0")."""
+    try:
+        return _NETWORK.validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(f"network.{_describe(err)}") from None
 
 
 class AugmentationParams(Section):
@@ -303,7 +316,8 @@ def _describe(err: ValidationError) -> str:
     if same_key[0]["type"] == "union_tag_not_found":
         return f"{key}: missing{suffix}"
     reasons = " or ".join(dict.fromkeys(p["msg"].lower() for p in same_key))
-    return f"{key}: {reasons}, got {same_key[0]['input']!r}{suffix}"
+    # reprlib: a list of a million items is shown by its first few, keeping the message one line.
+    return f"{key}: {reasons}, got {reprlib.repr(same_key[0]['input'])}{suffix}"
 
 
 def _key(problem: dict) -> str:

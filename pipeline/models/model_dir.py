@@ -23,15 +23,22 @@ from torch import nn
 
 import pipeline
 from pipeline.config import NetworkParams, parse_network
-from pipeline.errors import InputDataError
+from pipeline.errors import ConfigError, InputDataError
 from pipeline.io import atomic_output, write_json
 from pipeline.models.networks import build_network
 from pipeline.preprocess.plans import Plans
+from pipeline.preprocess.reader import MAX_CHANNELS
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
 # fold_0, fold_1 ...: a copy kept beside them (fold_0_old, fold_1.bak) is not a fold.
 FOLD_DIR = re.compile(r"fold_(0|[1-9][0-9]*)")
+# A mask holds uint8 label values; 256^3 voxels is 8 times the planner's default bound on a
+# patch (preprocess.max_patch_voxels); 2^30 parameters (4 GiB of float32 a fold) is over 4 times the
+# largest preset, resenc_l (230 million at a 128^3 patch).
+MAX_CLASSES = 256
+MAX_PATCH_VOXELS = 256**3
+MAX_PARAMETERS = 2**30
 # What preprocess/transforms.py knows how to apply.
 NORMALIZATION_SCHEMES = ("ct", "zscore")
 
@@ -96,6 +103,7 @@ def load_description(model_dir: Path, folds: list[int] | None = None) -> ModelDe
         if other != first:
             raise InputDataError(f"{path}: network, plan or patch size differs from {first_path}")
     _check_numbers(first_path / MODEL_JSON, first)
+    _check_sizes(first_path / MODEL_JSON, first)
     return first
 
 
@@ -159,6 +167,25 @@ def _check_numbers(path: Path, description: ModelDescription) -> None:
             refuse(f"{key}.clip_low", norm.clip_low, f"less than clip_high ({norm.clip_high})")
 
 
+def _check_sizes(path: Path, description: ModelDescription) -> None:
+    """Sizes that would allocate tens of GB, or hang, once the network is built or run. The
+    network's own widths and depths are bounded by its parameter types (config.py); the
+    parameters they add up to are counted on the meta device, where tensors take no memory."""
+    plans = description.plans
+    _at_most(path, "plans.labels", len(plans.labels), MAX_CLASSES, "classes")
+    _at_most(path, "plans.channel_names", plans.n_channels, MAX_CHANNELS, "channels")
+    _at_most(path, "patch_size", math.prod(description.patch_size), MAX_PATCH_VOXELS, "voxels")
+    _at_most(path, "plans.patch_size", math.prod(plans.patch_size), MAX_PATCH_VOXELS, "voxels")
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in description.build().parameters())
+    _at_most(path, "network", parameters, MAX_PARAMETERS, "parameters")
+
+
+def _at_most(path: Path, key: str, count: int, most: int, what: str) -> None:
+    if count > most:
+        raise InputDataError(f"{path}: {key} has {count} {what}, expected at most {most}")
+
+
 def _finite(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights holding NaN or infinities make every prediction NaN: an empty mask."""
     for name, tensor in state.items():
@@ -175,5 +202,7 @@ def _read_description(path: Path) -> ModelDescription:
             plans=Plans.from_dict(data["plans"]),
             patch_size=list(data["patch_size"]),
         )
+    except ConfigError as err:
+        raise InputDataError(f"{path}: {err}") from None
     except (KeyError, TypeError, ValueError) as err:
         raise InputDataError(f"{path}: missing or malformed entry ({err})") from None
