@@ -16,7 +16,6 @@ options and the software.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -194,11 +193,6 @@ class _ScanStep:
                 self.lesion_values,
             )
         except Exception as err:  # a full or read-only disk fails this scan's writing, not the run
-            # An error row has no outputs: none written before the failure stays (the mask of a
-            # scan whose DICOM SEG was refused).
-            for path in outputs.paths:
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
             self._record(scan, _reason(scan, err), seconds + time.perf_counter() - started)
             return False
         report = {"input_identity": identity} | self._report(volume, prediction)

@@ -64,18 +64,31 @@ def write_outputs(
     label_names: dict[int, str],
     lesion_values: list[int],
 ) -> None:
-    # A NIfTI scan's own qform, sform and unit go into its outputs, so that they lie on it in
-    # every viewer, even where its two transforms disagree.
-    write_volume(outputs.mask, prediction.label, scan.affine, scan.nifti)
-    if outputs.probabilities is not None:
-        write_probabilities(outputs.probabilities, prediction.probabilities, scan.affine, scan.nifti)
-    if outputs.seg is not None:
-        write_dicom_seg(outputs.seg, prediction.label, series, label_names, lesion_values)
+    """All of a scan's outputs or none of this attempt's: the DICOM SEG is built (and may be
+    refused) before any file is written, and a failed write removes the files this call wrote.
+    A file of an earlier run that the failure left unreplaced stays as it was."""
+    seg = dicom_seg(prediction.label, series, label_names, lesion_values) if outputs.seg else None
+    written = []
+    try:
+        # A NIfTI scan's own qform, sform and unit go into its outputs, so that they lie on it in
+        # every viewer, even where its two transforms disagree.
+        write_volume(outputs.mask, prediction.label, scan.affine, scan.nifti)
+        written.append(outputs.mask)
+        if outputs.probabilities is not None:
+            write_probabilities(outputs.probabilities, prediction.probabilities, scan.affine, scan.nifti)
+            written.append(outputs.probabilities)
+        if seg is not None:
+            with atomic_output(outputs.seg) as tmp:
+                seg.save_as(tmp)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
-def write_dicom_seg(
-    path: Path, label: np.ndarray, series: DicomSeries, label_names: dict[int, str], lesion_values: list[int]
-) -> None:
+def dicom_seg(
+    label: np.ndarray, series: DicomSeries, label_names: dict[int, str], lesion_values: list[int]
+) -> hd.seg.Segmentation:
     """A DICOM SEG over the source series, one segment per foreground label (empty or not).
 
     highdicom copies from the source what the SEG standard requires (patient, study, frame of
@@ -110,8 +123,7 @@ def write_dicom_seg(
     except ValueError as err:  # highdicom's refusal of the series (a required tag missing ...)
         raise InputDataError(f"{series.files[0].parent}: no DICOM SEG can reference it ({err})") from None
     _remove_identifiers(seg)
-    with atomic_output(path) as tmp:
-        seg.save_as(tmp)
+    return seg
 
 
 def _segmentation(sources, planes: np.ndarray, descriptions) -> hd.seg.Segmentation:
