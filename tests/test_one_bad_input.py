@@ -8,9 +8,10 @@ import shutil
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from pipeline.cli import main
-from pipeline.io import read_volume
+from pipeline.io import read_volume, write_volume
 from pipeline.models.model_dir import fold_dirs
 from tests.infer.test_batch import run_batch, summary_rows
 from tests.infer.test_predictor import blob_scan
@@ -18,14 +19,18 @@ from tests.infer.test_predictor import blob_scan
 GRID = np.diag([2.0, 2.0, 4.0, 1.0])
 
 
-def test_a_250_character_scan_name_gets_its_mask_and_its_row(tmp_path):
-    """The name leaves no room for a temporary's mark: temporaries take a digest of it instead."""
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_a_250_character_scan_name_gets_its_mask_and_its_row(tmp_path, ending):
+    """The name leaves no room for a temporary's mark, nor (a 251-character case name) for the
+    record's ending: temporaries and records take a digest of it instead."""
     folder = tmp_path / "in"
     folder.mkdir()
-    long_name = "x" * (250 - len(".nii.gz"))
+    long_name = "x" * (255 - len(".nii") if ending == ".nii" else 250 - len(ending))
     blob_scan(folder, "short", GRID)
     blob_scan(folder, "long", GRID)
-    (folder / "long.nii.gz").rename(folder / f"{long_name}.nii.gz")
+    volume = read_volume(folder / "long.nii.gz")
+    write_volume(folder / f"{long_name}{ending}", np.asarray(volume.array), volume.affine)
+    (folder / "long.nii.gz").unlink()
 
     result = run_batch(folder, tmp_path / "out")
 
@@ -33,7 +38,7 @@ def test_a_250_character_scan_name_gets_its_mask_and_its_row(tmp_path):
     rows = summary_rows(tmp_path / "out")
     assert rows[long_name]["status"] == "ok" and rows["short"]["status"] == "ok"
     assert (
-        read_volume(tmp_path / "out" / f"{long_name}.nii.gz").shape
+        read_volume(tmp_path / "out" / f"{long_name}{ending}").shape
         == read_volume(folder / "short.nii.gz").shape
     )
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
@@ -42,12 +47,14 @@ def test_a_250_character_scan_name_gets_its_mask_and_its_row(tmp_path):
 def test_validate_reports_each_image_without_real_voxels_or_geometry_and_checks_the_others(
     cohort, tmp_path, capsys
 ):
-    """Complex and RGB voxels, an sform holding NaN, a singular sform: a report line each."""
+    """Complex and RGB voxels, an sform holding NaN, a singular sform, micron voxels: a report
+    line each."""
     bad = {
         "synth_000": ("complex", "voxels are complex64, not real numbers"),
         "synth_001": ("rgb", "not real numbers (an RGB or complex image?)"),
         "synth_002": ("nan sform", "holds NaN or Inf"),
         "synth_003": ("singular sform", "is singular"),
+        "synth_004": ("micron voxels", "below 0.01 mm"),
     }
     for case, (kind, _) in bad.items():
         _damage(cohort / "imagesTr" / f"{case}.nii.gz", kind)
@@ -58,7 +65,7 @@ def test_validate_reports_each_image_without_real_voxels_or_geometry_and_checks_
     code = main(["validate", "--params", str(params), "--cohort", str(cohort), "--report", str(report)])
 
     err = capsys.readouterr().err
-    assert code == 3 and err.count("\n") == 1 and "4 of 8 cases invalid" in err and "Traceback" not in err
+    assert code == 3 and err.count("\n") == 1 and "5 of 8 cases invalid" in err and "Traceback" not in err
     cases = {row["case"]: row for row in json.loads(report.read_text())["cases"]}
     assert len(cases) == 8
     for case, (_, message) in bad.items():
@@ -80,6 +87,7 @@ def _damage(path, kind: str) -> None:
     sform = image.affine.copy()
     sform[0, 0] = np.nan if kind == "nan sform" else sform[0, 0]
     sform[2] = 0 if kind == "singular sform" else sform[2]
+    sform[:3, :3] *= 1e-6 if kind == "micron voxels" else 1
     # Written through the header: nibabel refuses to build such an image from its affine.
     header["srow_x"], header["srow_y"], header["srow_z"] = sform[:3]
     header["sform_code"], header["qform_code"] = 1, 0

@@ -22,6 +22,8 @@ from pipeline.io import Volume
 
 # Cohort outliers: spacing beyond this factor of the median, voxel count beyond its square.
 OUTLIER_FACTOR = 2.0
+# No CT or MRI voxel is this small; resampling a scan that claims it would ask for billions.
+MIN_SPACING_MM = 0.01
 # A CT scan of a body holds air; without any voxel below this it is unlikely to be in HU.
 CT_AIR_HU = -500.0
 
@@ -91,6 +93,12 @@ def check_image(report: CaseReport, image: Volume, channel_names: list[str]) -> 
         report.errors.append("the voxel-to-world matrix (NIfTI sform or qform) is singular: no geometry")
         return
     report.spacing = [round(s, 4) for s in image.spacing]
+    if min(image.spacing) < MIN_SPACING_MM:
+        report.errors.append(
+            f"spacing {[float(f'{s:.3g}') for s in image.spacing]} mm: below {MIN_SPACING_MM} mm on an "
+            "axis (a header in other units, or a damaged affine?)"
+        )
+        return
     report.orientation = "".join(nib.aff2axcodes(image.affine))
     report.spacing_ras = [round(s, 4) for s in image.in_ras_frame().spacing]
     if image.n_channels != len(channel_names):

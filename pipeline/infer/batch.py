@@ -45,7 +45,7 @@ from pipeline.infer.memory import GIB, available_memory
 from pipeline.infer.outputs import ScanOutputs, scan_outputs, write_outputs
 from pipeline.infer.predictor import Predictor
 from pipeline.io import Volume, atomic_output, write_json
-from pipeline.io.atomic import TEMPORARY_MARK, remove_stale_temporaries
+from pipeline.io.atomic import MAX_NAME_BYTES, TEMPORARY_MARK, remove_stale_temporaries
 from pipeline.models.model_dir import MODEL_JSON, WEIGHTS, fold_dirs
 
 RECORDS_FOLDER = ".records"
@@ -396,7 +396,12 @@ def _without_shared_outputs(
 
 
 def _record_path(output_dir: Path, name: str) -> Path:
-    return output_dir / RECORDS_FOLDER / f"{name}.json"
+    """``<scan>.json``; a name too long to take the ending (a file system takes 255 bytes) is
+    replaced by its digest: the record itself says which scan it belongs to."""
+    record = f"{name}.json"
+    if len(os.fsencode(record)) > MAX_NAME_BYTES:
+        record = f"{hashlib.sha256(os.fsencode(name)).hexdigest()}.json"
+    return output_dir / RECORDS_FOLDER / record
 
 
 def _signature(model: dict, predictor: Predictor, options: BatchOptions, detection: DetectionParams) -> str:

@@ -270,9 +270,13 @@ def read_dicom_seg(path: Path, reference: Volume) -> np.ndarray:
     segment covering it (1, 2, ...), 0 elsewhere; where segments overlap, the higher number
     wins. Fractional segmentations count where they exceed half their maximum."""
     try:
-        seg = pydicom.dcmread(path)
+        seg = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        # pixel_array unpacks a BINARY SEG's bits to a byte per value: its size is checked first.
+        check_input_bytes(path, (seg.Columns, seg.Rows, int(seg.get("NumberOfFrames") or 1)), 1)
         frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
         frame_groups = seg.PerFrameFunctionalGroupsSequence
+    except InputDataError:
+        raise
     except Exception as err:  # pydicom raises many types for damaged or foreign files
         raise InputDataError(
             f"{path}: cannot be read as DICOM SEG ({err.__class__.__name__}: {err})"

@@ -19,6 +19,7 @@ from pipeline.io.dicom import (
     read_dicom_seg,
     read_dicom_series,
 )
+from pipeline.io.limits import LIMIT_VARIABLE
 
 SPACING = (0.7, 0.9, 2.5)  # column spacing (x), row spacing (y), slice spacing (z)
 ORIGIN_LPS = (-40.0, 25.0, 100.0)
@@ -251,6 +252,18 @@ def test_seg_maps_onto_the_reference_grid_and_is_not_a_series(ct):
     (series,) = find_dicom_series(folder)  # the SEG is not listed as an image series
     label = read_dicom_seg(seg_path, read_dicom_series(series))
     np.testing.assert_array_equal(label, mask)
+
+
+def test_a_seg_claiming_more_frames_than_the_limit_is_refused_before_unpacking(ct, monkeypatch):
+    """A BINARY SEG packs 8 values a byte: its frames are counted against the input limit before
+    pydicom unpacks them."""
+    folder, hu = ct
+    seg = pydicom.dcmread(make_seg(folder, np.ones(hu.shape, np.uint8)))
+    seg.Rows, seg.Columns, seg.NumberOfFrames = 30000, 30000, 2 * hu.shape[2]
+    seg.save_as(folder / "seg.dcm")
+    monkeypatch.setenv(LIMIT_VARIABLE, "1e9")
+    with pytest.raises(InputDataError, match=r"seg.dcm: the header claims 30000x30000x\d+ values of 1 bytes"):
+        read_dicom_seg(folder / "seg.dcm", read_dicom_series(find_dicom_series(folder)[0]))
 
 
 def test_seg_on_another_grid_is_refused(ct, tmp_path):
