@@ -11,10 +11,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from pipeline.errors import ConfigError
 from pipeline.io.limits import GIB, available_memory
 from pipeline.models.model_dir import ModelDescription
 
-__all__ = ["GIB", "available_memory", "prediction_bytes", "window_bytes"]
+__all__ = ["GIB", "available_memory", "check_device_memory", "prediction_bytes", "window_bytes"]
 
 FLOAT32 = 4
 # The network's tensors are tracked, not the convolutions' scratch buffers nor the sliding
@@ -55,6 +56,17 @@ def window_bytes(description: ModelDescription, sw_batch_size: int = 1) -> int:
     with torch.no_grad(), _LiveTensorBytes() as live:
         network(windows)
     return WORKSPACE_FACTOR * live.peak
+
+
+def check_device_memory(activations: int, free: int, device: torch.device) -> None:
+    """Refuse a GPU whose free memory cannot hold one forward pass, before any scan is read (the
+    estimate counts float32; mixed precision needs about half)."""
+    if activations > free:
+        raise ConfigError(
+            f"--device {device}: one sliding window of this model needs about {activations / GIB:.1f} GiB "
+            f"of activations, the device has {free / GIB:.1f} GiB free (lower predict.sw_batch_size, "
+            "or --device cpu)"
+        )
 
 
 class _LiveTensorBytes(TorchDispatchMode):

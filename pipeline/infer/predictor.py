@@ -17,7 +17,7 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.infer.memory import prediction_bytes, window_bytes
+from pipeline.infer.memory import check_device_memory, prediction_bytes, window_bytes
 from pipeline.io import Volume
 from pipeline.models.model_dir import ModelDescription, load_description, load_fold_networks
 from pipeline.preprocess.reader import VolumeReader
@@ -87,8 +87,11 @@ class Predictor:
         # Volumes come in already read (any format, DICOM included): skip the chain's loading step.
         self.preprocess_loaded = Compose(self.preprocessing.transforms[1:])
         self.inverse = Invertd("probabilities", self.preprocessing, orig_keys="image", nearest_interp=False)
+        activations = window_bytes(description, sw_batch_size)
+        if self.device.type == "cuda":  # no scan changes what a window needs: checked once
+            check_device_memory(activations, torch.cuda.mem_get_info(self.device)[0], self.device)
         # On the CPU the network's activations share the host memory with the scan's arrays.
-        self.activation_bytes = window_bytes(description, sw_batch_size) if self.device.type == "cpu" else 0
+        self.activation_bytes = activations if self.device.type == "cpu" else 0
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, folds: list[int] | None = None, **options) -> Predictor:

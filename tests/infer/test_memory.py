@@ -7,11 +7,16 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
+from pipeline.errors import ConfigError
 from pipeline.infer import batch
-from pipeline.infer.memory import available_memory, prediction_bytes
+from pipeline.infer.memory import available_memory, check_device_memory, prediction_bytes, window_bytes
+from pipeline.infer.predictor import Predictor
+from pipeline.models.model_dir import ModelDescription
+from tests.conftest import TINY_NETWORK
 from tests.infer.test_batch import run_batch, summary_rows
-from tests.infer.test_predictor import blob_scan
+from tests.infer.test_predictor import PLANS, blob_scan
 
 
 def test_prediction_bytes_counts_every_float32_copy():
@@ -156,3 +161,20 @@ def test_the_estimate_with_a_real_networks_activations_bounds_the_memory_a_predi
         f"used {used / 2**20:.0f} MiB, arrays {arrays / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB"
     )
     assert arrays < used <= estimate < 4 * used
+
+
+def test_a_gpu_without_room_for_one_window_is_refused_naming_the_sizes():
+    with pytest.raises(ConfigError, match=r"--device cuda:0: .* needs about 3\.0 GiB .* 2\.0 GiB free"):
+        check_device_memory(3 * 2**30, 2 * 2**30, torch.device("cuda:0"))
+    check_device_memory(2 * 2**30, 3 * 2**30, torch.device("cuda:0"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_predictor_on_a_gpu_refuses_windows_its_memory_cannot_hold():
+    """A real network and device: a window batch beyond the GPU's free memory stops at once."""
+    description = ModelDescription(TINY_NETWORK, PLANS, patch_size=[32, 32, 16])
+    free = torch.cuda.mem_get_info()[0]
+    windows = int(free // window_bytes(description)) + 1
+    with pytest.raises(ConfigError, match="lower predict.sw_batch_size"):
+        Predictor(description, [description.build()], sw_batch_size=windows, device="cuda")
