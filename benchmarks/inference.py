@@ -60,6 +60,8 @@ sys.path.insert(0, str(ROOT))
 NNUNET_PYTHON = HERE / ".venv-nnunet" / "bin" / "python"
 PRESET_DIR = ROOT / "configs" / "models"
 CONFIGURATION = "3d_fullres"
+# resseg's normalisation schemes (plans.ChannelNormalization) as nnU-Net's classes.
+NNUNET_NORMALIZATION = {"ct": "CTNormalization", "zscore": "ZScoreNormalization"}
 # nnU-Net's two ways through a folder: nnUNetv2_predict's (a process reading and preprocessing
 # ahead, another resampling and writing behind), and everything in the calling process.
 NNUNET_MODES = {"pipelined": "nnU-Net v2", "sequential": "nnU-Net v2, sequential"}
@@ -194,8 +196,10 @@ def save_model(model_dir: Path, plans, preset: str) -> None:
 
 def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> None:
     """nnU-Net's plans.json and dataset.json for resseg's plan: same target spacing, patch size
-    and CT normalisation; resampling as nnU-Net's own planner sets it for thick slices (third
-    order in-plane, nearest along z; linear for probabilities).
+    and normalisation (CT: the same clipping and statistics; other channels: z-scored per case
+    over the non-zero region, nnU-Net's ZScoreNormalization with its mask); resampling as
+    nnU-Net's own planner sets it for thick slices (third order in-plane, nearest along z;
+    linear for probabilities).
 
     nnU-Net reads arrays as (z, y, x); its transpose_forward turns them to resseg's (x, y, z), so
     that the network sees windows of the very same shape. Fed (z, y, x) windows one at a time, the
@@ -205,7 +209,6 @@ def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     spacing = list(plans.target_spacing)
     patch = list(plans.patch_size)
-    (norm,) = plans.normalization
     resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     configuration = {
         "data_identifier": f"resseg_{CONFIGURATION}",
@@ -214,8 +217,8 @@ def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> Non
         "patch_size": patch,
         "median_image_size_in_voxels": patch,  # unused by inference
         "spacing": spacing,
-        "normalization_schemes": ["CTNormalization"],
-        "use_mask_for_norm": [False],
+        "normalization_schemes": [NNUNET_NORMALIZATION[norm.scheme] for norm in plans.normalization],
+        "use_mask_for_norm": [norm.scheme == "zscore" for norm in plans.normalization],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
         "resampling_fn_data_kwargs": resampling,
@@ -238,25 +241,33 @@ def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> Non
         "experiment_planner_used": "benchmarks/inference.py",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {
-            "0": {
-                "mean": norm.mean,
-                "std": norm.std,
-                "percentile_00_5": norm.clip_low,
-                "percentile_99_5": norm.clip_high,
-                "min": norm.clip_low,
-                "max": norm.clip_high,
-                "median": norm.mean,
-            }
+            str(channel): intensity_properties(norm) for channel, norm in enumerate(plans.normalization)
         },
     }
     dataset = {
-        "channel_names": {"0": plans.channel_names[0]},
+        "channel_names": {str(channel): name for channel, name in enumerate(plans.channel_names)},
         "labels": {name: value for value, name in plans.labels.items()},
         "numTraining": n_scans,
         "file_ending": ".nii.gz",
     }
     (folder / "plans.json").write_text(json.dumps(nnunet_plans, indent=2))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+
+
+def intensity_properties(norm) -> dict:
+    """What nnU-Net's CTNormalization reads: resseg's clipping range and statistics (nnU-Net's
+    ZScoreNormalization reads nothing)."""
+    if norm.scheme != "ct":
+        return {}
+    return {
+        "mean": norm.mean,
+        "std": norm.std,
+        "percentile_00_5": norm.clip_low,
+        "percentile_99_5": norm.clip_high,
+        "min": norm.clip_low,
+        "max": norm.clip_high,
+        "median": norm.mean,
+    }
 
 
 def run_tool(tool: str, python: str, job: dict, work: Path, pss: bool, name: str = "resseg") -> dict:

@@ -17,6 +17,7 @@ the command's process tree, sampled every 0.1 s. nnU-Net runs from its own virtu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -90,17 +91,23 @@ def fill_defaults(args: argparse.Namespace, quick: dict, full: dict) -> argparse
     return args
 
 
-def make_cohort(work: Path, cases: int, scale: float) -> Path:
-    """resseg's synthetic CT cohort at a clinical size, cached by its parameters."""
+def make_cohort(work: Path, cases: int, scale: float, n_test: int = 1, **synth_params) -> Path:
+    """resseg's synthetic CT cohort at a clinical size, cached by its parameters; ``synth_params``
+    (keys of the synth section) replace the clinical field of view and spacing."""
     synth = {
         "seed": 0,
         "n_train": cases,
-        "n_test": 1,
+        "n_test": n_test,
         "field_of_view_mm": [410.0 * scale, 410.0 * scale, 250.0 * scale],
         "inplane_spacing_mm": [0.78, 0.82],
         "slice_spacing_mm": [2.4, 2.6],
+        **synth_params,
     }
     cohort = work / f"cohort_{cases}_{scale:g}"
+    if n_test != 1 or synth_params:
+        cohort = cohort.with_name(
+            f"{cohort.name}_{hashlib.sha256(json.dumps(synth).encode()).hexdigest()[:8]}"
+        )
     if not (cohort / "dataset.json").exists():
         params = write_params(work / "synth.yaml", {"synth": synth})
         subprocess.run([resseg(), "synth", "--params", str(params), "--out", str(cohort)], check=True)
@@ -141,7 +148,7 @@ def to_nnunet_raw(cohort: Path, raw: Path) -> None:
         (raw / "labelsTr" / f"{name}.nii.gz").symlink_to((cohort / entry["label"]).resolve())
     labels = {name: int(value) for value, name in meta["labels"].items()}
     dataset = {
-        "channel_names": {"0": "CT"},
+        "channel_names": meta.get("channel_names", meta.get("modality", {"0": "CT"})),
         "labels": labels,
         "numTraining": len(meta["training"]),
         "file_ending": ".nii.gz",

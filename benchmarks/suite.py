@@ -37,6 +37,7 @@ STEPS = {
     "training": [("networks.py", True), ("training.py", False), ("training_vs_nnunet.py", False)],
     "inference": [("inference.py", True)],
     "evaluation": [("evaluation.py", False)],
+    "accuracy": [("accuracy_vs_nnunet.py", False)],
     "scaling": [("scaling.py", False)],
 }
 
@@ -97,7 +98,9 @@ def report(rows: list[Row], args, device: str, started: datetime, seconds: dict,
         "|---|---|---:|---:|---|---:|---:|---|",
     ]
     for row in rows:
-        reference = f"{number(row.reference)} ({span(row.reference_range)})" if row.reference else ""
+        reference = (
+            f"{number(row.reference)} ({span(row.reference_range)})" if row.reference is not None else ""
+        )
         ratio = f"{number(row.ratio)}x" if row.ratio else ""
         peaks = " / ".join(
             number(p) if p is not None else "-" for p in (row.resseg_peak_gib, row.reference_peak_gib)

@@ -197,14 +197,15 @@ def run_tool(tool: str, python: str, job: dict, work: Path, env: dict) -> dict:
     return {**json.loads(Path(job["result"]).read_text()), **peaks}
 
 
-def build_network(preset: str, plans):
-    """The preset for this plan with seeded initial weights, as training.train builds it."""
+def build_network(preset: str, plans, seed: int = 0):
+    """The preset for this plan with seeded initial weights, as training.train builds it (and as
+    resseg's train stage does after seeding everything with ``train.seed``)."""
     import torch
 
     from pipeline.config import TrainParams, resolve_network
     from pipeline.models.model_dir import ModelDescription
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     network = resolve_network(TrainParams(model=preset), ROOT / "configs" / "models")
     return ModelDescription(network, plans, plans.patch_size).build()
 
@@ -230,14 +231,30 @@ def resseg_child(job: dict) -> dict:
 
 
 def nnunet_child(job: dict) -> dict:
-    import torch
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
     from pipeline.preprocess.plans import Plans
 
-    base = Path(job["preprocessed"])
     network = build_network(job["preset"], Plans.load(job["plans"]))
     weights = checksum(network)
+    trainer = nnunet_trainer(network, Path(job["preprocessed"]))
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    seconds = []
+    for iteration in range(WARMUP_ITERATIONS + job["iterations"]):
+        started = time.perf_counter()
+        trainer.train_step(next(trainer.dataloader_train))
+        if iteration >= WARMUP_ITERATIONS:
+            seconds.append(time.perf_counter() - started)
+    trainer.on_train_end()
+    return {"seconds": seconds, "batch_size": trainer.batch_size, "weights_checksum": weights}
+
+
+def nnunet_trainer(network, base: Path):
+    """nnU-Net's ``nnUNetTrainer`` for the preprocessed dataset ``base`` (its plans, dataset.json
+    and splits, fold 0), handed ``network`` instead of building its own, without deep
+    supervision; everything else is nnU-Net's. Runs in nnU-Net's virtualenv (the accuracy
+    benchmark's trainer too)."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -265,17 +282,7 @@ def nnunet_child(job: dict) -> dict:
     nnunet_plans = json.loads((base / f"{PLANS_NAME}.json").read_text())
     dataset = json.loads((base / "dataset.json").read_text())
     nnunet_plans["continue_training"] = False  # as nnunetv2.run.run_training sets it
-    trainer = ResegNetworkTrainer(nnunet_plans, CONFIGURATION, 0, dataset, device=device)
-    trainer.on_train_start()
-    trainer.on_train_epoch_start()
-    seconds = []
-    for iteration in range(WARMUP_ITERATIONS + job["iterations"]):
-        started = time.perf_counter()
-        trainer.train_step(next(trainer.dataloader_train))
-        if iteration >= WARMUP_ITERATIONS:
-            seconds.append(time.perf_counter() - started)
-    trainer.on_train_end()
-    return {"seconds": seconds, "batch_size": trainer.batch_size, "weights_checksum": weights}
+    return ResegNetworkTrainer(nnunet_plans, CONFIGURATION, 0, dataset, device=device)
 
 
 def print_report(results: dict, plans, args: argparse.Namespace, cores: int) -> None:
