@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# nnU-Net v2, in a virtualenv of its own (the `bench` extra): it needs torchvision, which resseg
+# must not load. The tests use its evaluator, the benchmarks its planner, trainer and predictor.
+NNUNET_VENV := benchmarks/.venv-nnunet
 # With no NVIDIA driver, pin PyTorch's CPU build (a bare `torch` may pull the CUDA one).
 # On a GPU machine nothing is pinned and your own CUDA torch satisfies the requirement.
 TORCH_CONSTRAINT ?= $(if $(shell command -v nvidia-smi),,constraints/torch-cpu.txt)
@@ -22,14 +25,14 @@ demo: install
 	@echo "Report (plots):  reports/plots/index.html"
 	@echo "Model:           models/synthetic/"
 
-test: install-dev
+# nnU-Net's own virtualenv too: tests/evaluate/test_against_nnunet.py checks our scores with its evaluator.
+test: install-dev $(NNUNET_VENV)/.installed
 	pytest
 
 # Every benchmark, side by side with nnU-Net v2 (`make bench QUICK=1`: minutes; ONLY='inference
 # scaling': some steps). nnU-Net gets its own virtualenv from the `bench` extra: it needs
 # torchvision, which resseg must not load; resseg's own code, installed there too, lets nnU-Net's
 # predictor and trainer run resseg's networks.
-NNUNET_VENV := benchmarks/.venv-nnunet
 bench: install-dev $(NNUNET_VENV)/.installed
 	pytest tests/evaluate/test_against_nnunet.py    # resseg's Dice against nnU-Net's evaluator
 	python benchmarks/suite.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))

@@ -29,12 +29,17 @@ missed or spurious one left out of the HD95 would hide the worst errors. The sca
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+
+# MONAI's surface distances pass an argument MONAI itself has deprecated: a warning per case and
+# label on every `resseg evaluate`, about nothing the user can change.
+warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
 
 BOTH_PRESENT = "both_present"
 BOTH_EMPTY = "both_empty"
