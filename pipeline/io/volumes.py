@@ -8,6 +8,7 @@ with channels last for multi-channel volumes, as NIfTI stores them.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import struct
@@ -189,7 +190,8 @@ def _check_signature(path: Path, ending: str) -> None:
 
 
 def _read_nifti(path: Path) -> Volume:
-    image = nib.load(path)  # the header only
+    _check_extension_bytes(path)
+    image = nib.load(path)  # the header and its extensions only
     shape = image.shape
     # NIfTI keeps the 4th axis for time (our channels) and the 5th for vector components, where
     # ITK writes multi-component images as (x, y, z, 1, c): both are channels; both at once are not.
@@ -214,6 +216,25 @@ def _nifti_geometry(path: Path, image: nib.Nifti1Image) -> tuple[np.ndarray, Nif
             "(metres, mm, microns)"
         )
     return np.diag([*[MM_PER_UNIT[forms.unit]] * 3, 1.0]) @ image.affine, forms
+
+
+def _check_extension_bytes(path: Path) -> None:
+    """nibabel reads (and decompresses) a single-file NIfTI's header extensions up to the voxels'
+    offset, ``vox_offset``, before anything else: that offset is checked against the input limit
+    first, read from the header's raw bytes (NIfTI-1: a float32 at byte 108, NIfTI-2: an int64
+    at byte 168, in the byte order that makes the header size 348 or 540)."""
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as handle:
+        head = handle.read(176)
+    for order in "<>":
+        if len(head) < 176:
+            return  # too short to hold an extension: nibabel names the damage
+        size = struct.unpack_from(f"{order}i", head)[0]
+        if size in (348, 540):
+            offset = struct.unpack_from(f"{order}f", head, 108)[0] if size == 348 else None
+            offset = struct.unpack_from(f"{order}q", head, 168)[0] if offset is None else offset
+            if math.isfinite(offset) and offset > 0:
+                check_input_bytes(path, (int(offset),), 1)
+            return
 
 
 def _read_nifti_data(path: Path, proxy: nib.arrayproxy.ArrayProxy) -> np.ndarray:

@@ -70,6 +70,22 @@ def write_gzip(path, head: bytes, zeros: int) -> None:
             out.write(bytes(16 * MIB))
 
 
+def test_a_gzipped_nifti_with_an_extension_bomb_is_refused_before_nibabel_reads_it(tmp_path):
+    """nibabel reads a header's extensions up to the voxels' offset: a 256 MiB extension of
+    zeros, gzipped to about 1 MiB, would be decompressed before any size is checked."""
+    offset = 256 * MIB
+    header = nib.Nifti1Header()
+    header.set_data_shape((2, 2, 2))
+    header["vox_offset"] = offset
+    extension = np.array([offset - 352, 0], "<i4").tobytes()  # esize, ecode
+    path = tmp_path / "extension.nii.gz"
+    write_gzip(path, header.binaryblock + b"\x01\0\0\0" + extension, offset)
+    assert path.stat().st_size < 2 * MIB
+    grown, outcome = read_in_fresh_process(f"read_volume({str(path)!r})", limit=64 * MIB)
+    assert outcome.startswith(f"{path}: the header claims {offset} values of 1 bytes")
+    assert grown < READER_OVERHEAD
+
+
 @pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
 def test_a_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path, ending):
     """74 bytes claiming 2 GiB: within a 4 GiB limit, so only the data's absence can refuse it."""
