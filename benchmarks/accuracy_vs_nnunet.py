@@ -105,13 +105,9 @@ COHORTS = {
 
 def main(args: argparse.Namespace) -> None:
     from inference import usable_cpus
+    from training_vs_nnunet import require_nnunet
 
-    nnunet_python = args.nnunet_bin / "python"
-    if not nnunet_python.exists():
-        raise SystemExit(
-            f"nnU-Net not found in {args.nnunet_bin} (benchmarks/README.md shows how to install it)"
-        )
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    require_nnunet(args.nnunet_bin)
     clock = time.perf_counter()
     results = {name: run_cohort(name, settings(name, args), args) for name in cohorts(args)}
     print_report(results, args, usable_cpus(), time.perf_counter() - clock)

@@ -64,12 +64,7 @@ def main(args: argparse.Namespace) -> None:
 
     from pipeline.preprocess.plans import Plans
 
-    nnunet_python = args.nnunet_bin / "python"
-    if not nnunet_python.exists():
-        raise SystemExit(
-            f"nnU-Net not found in {args.nnunet_bin} (benchmarks/README.md shows how to install it)"
-        )
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    nnunet_python = require_nnunet(args.nnunet_bin)
     cohort = make_cohort(args.work, args.cases, args.scale)
     name = f"{args.cases}_{args.scale:g}_{args.max_patch_voxels}"
     preprocessed, fold = preprocess_resseg(cohort, args.work / f"resseg_{name}", args)
@@ -98,6 +93,15 @@ def main(args: argparse.Namespace) -> None:
     print_report(results, plans, args, usable_cpus())
     if args.rows:
         write_rows(args.rows, [suite_row(results, plans, args)])
+
+
+def require_nnunet(nnunet_bin: Path) -> Path:
+    """nnU-Net's python, whose child processes will import this tree's code; stop without it."""
+    python = nnunet_bin / "python"
+    if not python.exists():
+        raise SystemExit(f"nnU-Net not found in {nnunet_bin} (benchmarks/README.md shows how to install it)")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return python
 
 
 def parse_args() -> argparse.Namespace:
