@@ -455,7 +455,6 @@ def nnunet_child(job: dict) -> dict:
     import random
 
     import numpy as np
-    import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from training_vs_nnunet import build_network, checksum, nnunet_trainer
 
@@ -485,8 +484,9 @@ def nnunet_child(job: dict) -> dict:
     iteration_ends = [end - started for end in ends]
 
     started = time.perf_counter()
-    final = Path(trainer.output_folder) / "checkpoint_final.pth"
-    state = torch.load(final, map_location="cpu", weights_only=False)["network_weights"]
+    # The trainer trained ``network`` in place: its weights now are those nnU-Net saves as
+    # checkpoint_final.pth, taken from memory rather than unpickled from that file.
+    state = network.state_dict()
     predictor = nnUNetPredictor(
         tile_step_size=1 - job["overlap"],
         use_gaussian=True,

@@ -128,7 +128,8 @@ class ResNetUNetParams(Section):
     deep_supervision: ClassVar[bool] = False
 
 
-# A preset or model.json picks its class by "architecture"; parse one with parse_network().
+# A preset or model.json picks its class by "architecture" (model.json through parse_network(), a
+# preset through resolve_network()).
 NetworkParams = Annotated[
     ResidualUnitUNetParams | ResidualEncoderUNetParams | ResNetUNetParams, Field(discriminator="architecture")
 ]

@@ -286,7 +286,7 @@ def _input_identity(scan: Scan) -> str | None:
     """The scan's files as a rerun tells them apart: name, size and modification time of each
     (a hash, so that a series of a thousand slices keeps its record small)."""
     try:
-        stats = [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in scan.sources]
+        stats = [(path.name, (stat := path.stat()).st_size, stat.st_mtime_ns) for path in scan.sources]
     except OSError:  # a file gone since the folder was listed: reading it names it
         return None
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()

@@ -93,8 +93,10 @@ def _series_ids(directory: Path) -> tuple[str, ...]:
 def read_dicom_series(series: DicomSeries) -> Volume:
     """One series as a 3D volume; rescale slope and intercept applied (Hounsfield units for CT)."""
     folder = series.files[0].parent
-    _check_pixel_data(series)
-    _check_slice_geometry(series)
+    # Every slice's header read once; PixelData is deferred, so its length costs no memory.
+    headers = [pydicom.dcmread(f, defer_size=DEFER_BYTES) for f in series.files]
+    _check_pixel_data(series, headers)
+    _check_slice_geometry(series, headers)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in series.files])
     try:
@@ -107,13 +109,12 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     return sitk_to_volume(image)
 
 
-def _check_pixel_data(series: DicomSeries) -> None:
+def _check_pixel_data(series: DicomSeries, headers: list[pydicom.Dataset]) -> None:
     """ITK allocates the whole series from the first slice's Rows x Columns (x frames) before it
     reads a pixel: that size is checked against the input limit first. And ITK fills a slice
     whose PixelData is shorter than Rows x Columns say with whatever memory held, giving a mask
     of garbage, so uncompressed PixelData must hold them all."""
-    for index, path in enumerate(series.files):
-        header = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    for index, (path, header) in enumerate(zip(series.files, headers, strict=True)):
         missing = [key for key in ("Rows", "Columns", "BitsAllocated", "PixelData") if key not in header]
         if missing:
             raise InputDataError(f"{path}: no {missing[0]} tag")
@@ -135,13 +136,12 @@ def _check_pixel_data(series: DicomSeries) -> None:
             )
 
 
-def _check_slice_geometry(series: DicomSeries) -> None:
+def _check_slice_geometry(series: DicomSeries, headers: list[pydicom.Dataset]) -> None:
     """ITK stacks a series' slices evenly along their normal: it only warns about missing or
     unevenly spaced slices, and ignores the sideways shift of a gantry tilt, misplacing them
     either way. Such series are refused rather than resampled, as a mask must lie on the series'
     own voxel grid: no affine describes uneven slices, and ITK-based readers of NIfTI drop the
     shear of a tilt (the qform they fall back to cannot hold one)."""
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
     if len(headers) < 2:
         return  # the reader refuses a single slice
     where = f"{series.files[0].parent}: series {series.uid}"

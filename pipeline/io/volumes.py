@@ -221,17 +221,13 @@ def _nifti_geometry(path: Path, image: nib.Nifti1Image) -> tuple[np.ndarray, Nif
 def _check_extension_bytes(path: Path) -> None:
     """nibabel reads (and decompresses) a single-file NIfTI's header extensions up to the voxels'
     offset, ``vox_offset``, before anything else: that offset is checked against the input limit
-    first, read from the header's raw bytes (NIfTI-1: a float32 at byte 108, NIfTI-2: an int64
-    at byte 168, in the byte order that makes the header size 348 or 540)."""
+    first, from the header alone (NIfTI-1 or NIfTI-2, parsed by nibabel without its extensions)."""
     with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as handle:
-        head = handle.read(176)
-    for order in "<>":
-        if len(head) < 176:
-            return  # too short to hold an extension: nibabel names the damage
-        size = struct.unpack_from(f"{order}i", head)[0]
-        if size in (348, 540):
-            offset = struct.unpack_from(f"{order}f", head, 108)[0] if size == 348 else None
-            offset = struct.unpack_from(f"{order}q", head, 168)[0] if offset is None else offset
+        head = handle.read(nib.Nifti2Header.sizeof_hdr)
+    for header_class in (nib.Nifti1Header, nib.Nifti2Header):
+        block = head[: header_class.sizeof_hdr]
+        if len(block) == header_class.sizeof_hdr and header_class.may_contain_header(block):
+            offset = float(header_class(block, check=False)["vox_offset"])
             if math.isfinite(offset) and offset > 0:
                 check_input_bytes(path, (int(offset),), 1)
             return
