@@ -178,7 +178,8 @@ class TrainParams(Section):
     batch_size: Literal["auto"] | PositiveInt = "auto"
     # Optimiser steps per epoch on each process, as in nnU-Net, whatever the cohort size.
     iterations_per_epoch: PositiveInt = 250
-    # Share of patches centred on foreground: a class the case holds first, then a voxel of it.
+    # nnU-Net's oversample_foreground_percent: patches centred on foreground (a class the case
+    # holds first, then a voxel of it), counted per batch as nnU-Net does (augmentation.foreground_share).
     foreground_fraction: Fraction = 0.33
     augmentation: AugmentationParams = AugmentationParams()
     max_epochs: PositiveInt = 1000

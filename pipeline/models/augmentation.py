@@ -3,7 +3,8 @@
 A patch is cropped larger than the network's patch, rotated and scaled about its centre, cut
 to the patch size, then mirrored and given intensity changes. Cutting after the rotation keeps
 the empty corners that a rotation would bring in outside the patch, and keeps a
-foreground-centred patch centred on foreground.
+foreground-centred patch centred on foreground. The label goes through the rotation as one
+channel per class, interpolated like the image, and comes out as the class of highest share.
 
 Where the crop lies is nnU-Net's rule: for the requested share of patches, a foreground *class*
 present in the case is drawn first (each equally likely), then a voxel of that class, so a
@@ -16,6 +17,8 @@ import math
 from collections.abc import Sequence
 
 from monai.transforms import (
+    AsDiscreted,
+    BorderPadd,
     Compose,
     OneOf,
     Rand3DElasticd,
@@ -57,15 +60,18 @@ def training_patches(
     rotate_range = [rotation if set(range(3)) - {axis} <= set(in_plane) else 0.0 for axis in range(3)]
     scale_range = [(params.scale_range[0] - 1, params.scale_range[1] - 1)] * 3
     spatial = [
-        SpatialPadd(KEYS, spatial_size=crop_size),
+        *reach_past_edges(patch_size, crop_size),
         crop_location(crop_size, n_classes, foreground_fraction),
+        # The label is resampled as nnU-Net does it: each class's indicator bilinearly, then the
+        # highest (nearest-neighbour would shift it up to half a voxel off the image).
+        AsDiscreted("label", to_onehot=n_classes),
         RandAffined(
             KEYS,
             spatial_size=patch_size,
             prob=params.affine_prob,
             rotate_range=rotate_range,
             scale_range=scale_range,
-            mode=("bilinear", "nearest"),
+            mode="bilinear",
             padding_mode="zeros",
         ),
     ]
@@ -76,10 +82,11 @@ def training_patches(
                 sigma_range=(9, 13),
                 magnitude_range=(0, 200),
                 prob=params.elastic_prob,
-                mode=("bilinear", "nearest"),
+                mode="bilinear",
                 padding_mode="zeros",
             )
         )
+    spatial.append(AsDiscreted("label", argmax=True))
     spatial += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in params.mirror_axes]
     intensity = [
         RandGaussianNoised("image", prob=params.noise_prob, std=params.noise_std),
@@ -103,6 +110,32 @@ def training_patches(
         ),
     ]
     return Compose([*spatial, *intensity])
+
+
+def reach_past_edges(patch_size: Sequence[int], crop_size: Sequence[int]) -> list:
+    """Padding that lets the patch lie anywhere in the case, as nnU-Net's loader allows.
+
+    The crop around a patch is larger by the rotation margin; without padding by that margin, a
+    case smaller than the crop (common: the demo's, and nnU-Net's plans fit the patch to the
+    median case) could only be cropped whole, so every patch sat at the case's centre and the
+    foreground-centred draws changed nothing. With it, a patch's centre ranges over every
+    position that keeps the patch inside the case; a case smaller than the patch is centred."""
+    border = []
+    for patch, crop in zip(patch_size, crop_size, strict=True):
+        margin = crop - patch
+        border += [margin // 2, margin - margin // 2]
+    return [BorderPadd(KEYS, spatial_border=border), SpatialPadd(KEYS, spatial_size=crop_size)]
+
+
+def foreground_share(fraction: float, batch_size: int) -> float:
+    """The share of patches nnU-Net centres on foreground at ``fraction`` (its
+    oversample_foreground_percent): the last B - round(B(1 - f)) of each batch of B, so one of
+    two at its 0.33 and a batch of 2. A batch of one keeps ``fraction``, where nnU-Net's rule
+    would centre none. resseg draws each patch with this share as its chance instead of fixing
+    the positions in the batch, so that every draw stays a function of (seed, epoch, rank)."""
+    if batch_size == 1:
+        return fraction
+    return (batch_size - round(batch_size * (1 - fraction))) / batch_size
 
 
 def crop_location(crop_size: Sequence[int], n_classes: int, foreground_fraction: float) -> OneOf:

@@ -22,7 +22,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from torch.utils.data import RandomSampler
 
 from pipeline.config import TrainParams
-from pipeline.models.augmentation import KEYS, training_patches
+from pipeline.models.augmentation import KEYS, foreground_share, training_patches
 
 
 def case_files(preprocessed_dir: Path, names: list[str]) -> list[dict]:
@@ -62,7 +62,7 @@ class PreprocessedDataModule(L.LightningDataModule):
             self.patch_size,
             self.spacing,
             self.n_classes,
-            self.params.foreground_fraction,
+            foreground_share(self.params.foreground_fraction, self.batch_size),
             self.params.augmentation,
         )
         self.train_set = CacheDataset(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.transforms import (
     Compose,
@@ -32,8 +33,7 @@ from pipeline.preprocess.reader import VolumeReader
 def build_preprocessing(plans: Plans, keys: Sequence[str] = ("image", "label")) -> Compose:
     """Load → channel first → crop to the non-zero box → RAS → target spacing → normalise.
 
-    ``keys`` names the image first and, optionally, the label; labels are resampled with
-    nearest-neighbour interpolation, so no label value is invented.
+    ``keys`` names the image first and, optionally, the label (see ``zoom_label``).
     """
     keys = list(keys)
     image = keys[0]
@@ -44,9 +44,7 @@ def build_preprocessing(plans: Plans, keys: Sequence[str] = ("image", "label")) 
             # Cropping first saves the resampling work on the empty border (nnU-Net's order).
             CropForegroundd(keys, source_key=image, select_fn=is_nonzero, allow_smaller=True),
             Orientationd(keys, axcodes=AXCODES, labels=None),
-            ZoomToSpacingd(
-                keys, plans.target_spacing, modes=["trilinear"] + ["nearest-exact"] * (len(keys) - 1)
-            ),
+            ZoomToSpacingd(keys, plans.target_spacing, labels=keys[1:]),
             _normalization(plans, image),
         ]
     )
@@ -80,17 +78,18 @@ class ZoomToSpacingd(MapTransform, InvertibleTransform):
     from the target by the rounding of the shape to whole voxels.
     """
 
-    def __init__(self, keys: Sequence[str], target_spacing: Sequence[float], modes: Sequence[str]):
+    def __init__(self, keys: Sequence[str], target_spacing: Sequence[float], labels: Sequence[str] = ()):
+        """Images are interpolated linearly; the keys in ``labels`` by ``zoom_label``."""
         super().__init__(keys)
         self.target_spacing = np.asarray(target_spacing, dtype=float)
-        self.modes = list(modes)
+        self.labels = set(labels)
 
     def __call__(self, data: dict) -> dict:
         out = dict(data)
-        for key, mode in zip(self.keys, self.modes, strict=True):
+        for key in self.key_iterator(out):
             spacing = affine_to_spacing(out[key].affine, r=3).numpy()
-            zoom = Zoom(tuple(spacing / self.target_spacing), mode=mode, keep_size=False)
-            out[key] = zoom(out[key])
+            zoom = Zoom(tuple(spacing / self.target_spacing), mode="trilinear", keep_size=False)
+            out[key] = zoom_label(out[key], zoom) if key in self.labels else zoom(out[key])
         return out
 
     def inverse(self, data: dict) -> dict:
@@ -104,3 +103,26 @@ class ZoomToSpacingd(MapTransform, InvertibleTransform):
                 raise RuntimeError(f"expected a Zoom record to invert, found {record[TraceKeys.CLASS_NAME]}")
             out[key] = zoom.inverse_transform(out[key], record)
         return out
+
+
+def zoom_label(label: MetaTensor, zoom: Zoom) -> MetaTensor:
+    """nnU-Net's label resampling: each value's indicator is interpolated like the image, and a
+    voxel takes the value whose indicator is highest there (ties: the lower value).
+
+    Nearest-neighbour is no substitute: where the new grid falls between old voxels (around
+    the middle of a case zoomed by a few per cent) it takes one corner of the eight, so the
+    label sits up to half a voxel off the image interpolated there, and a small lesion's label
+    covers the organ around it. Memory: four label-sized float arrays at most.
+    """
+    values = torch.unique(label.as_tensor())
+    highest = labelled = None
+    for value in values:
+        share = zoom((label == value).to(torch.float32))
+        if highest is None:
+            highest, labelled = share, torch.full(share.shape, value.item(), dtype=share.dtype)
+        else:
+            higher = share.as_tensor() > highest.as_tensor()
+            labelled[higher] = value
+            highest = torch.maximum(highest, share)
+    highest.array = labelled  # the values, with the Zoom's metadata and record for inversion
+    return highest

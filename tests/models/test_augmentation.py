@@ -7,7 +7,7 @@ import torch
 from monai.data.utils import set_rnd
 
 from pipeline.config import AugmentationParams
-from pipeline.models.augmentation import _crop_size, _in_plane_axes, training_patches
+from pipeline.models.augmentation import _crop_size, _in_plane_axes, foreground_share, training_patches
 
 PATCH = [15, 15, 9]  # odd sizes: mirroring keeps the centre voxel in place
 
@@ -94,3 +94,56 @@ def test_thick_slices_are_rotated_in_plane_only():
     params = AugmentationParams(rotation_degrees=30, scale_range=[0.7, 1.4])
     assert _crop_size([100, 100, 10], params, rotated_axes=[0, 1]) == [192, 192, 14]
     assert _crop_size([100, 100, 10], AugmentationParams(affine_prob=0), [0, 1]) == [100, 100, 10]
+
+
+# Rotation and zoom at their defaults but never drawn: the crop is larger than the patch by the
+# rotation margin, and each patch is the crop's centre, unchanged, so positions can be read back.
+UNROTATED_WITH_MARGIN = AugmentationParams(
+    affine_prob=1e-9,
+    noise_prob=0.0,
+    blur_prob=0.0,
+    brightness_prob=0.0,
+    contrast_prob=0.0,
+    low_resolution_prob=0.0,
+    gamma_prob=0.0,
+)
+
+
+def test_a_patch_reaches_every_position_of_a_case_smaller_than_the_crop_around_it():
+    """A 24x24x14 case against a 29x29x18 crop: the patch's centre must range over every
+    position that keeps the 15x15x9 patch inside the case (as in nnU-Net's loader), not sit at
+    the case's centre because the crop can only take the case whole."""
+    shape = (24, 24, 14)
+    assert all(c > s for c, s in zip(_crop_size(PATCH, UNROTATED_WITH_MARGIN, [0, 1, 2]), shape, strict=True))
+    index = torch.arange(np.prod(shape), dtype=torch.float32).reshape(1, *shape)
+    patches = training_patches(PATCH, [1.0, 1.0, 1.0], 2, 0.0, UNROTATED_WITH_MARGIN)
+    set_rnd(patches, 0)
+    centre = (0, *(s // 2 for s in PATCH))
+    data = {"image": index, "label": torch.zeros(1, *shape)}
+    centres = np.array([np.unravel_index(int(patches(data)[0]["image"][centre]), shape) for _ in range(600)])
+    for axis, (size, patch) in enumerate(zip(shape, PATCH, strict=True)):
+        assert set(centres[:, axis]) == set(range(patch // 2, size - patch // 2))
+
+
+def test_foreground_centred_patches_reach_a_lesion_at_the_edge_of_a_case_smaller_than_the_crop():
+    shape = (24, 24, 14)
+    label = torch.zeros(1, *shape)
+    label[:, 21:24, 21:24, 11:14] = 1  # outside the case's central patch
+    data = {"image": torch.randn(1, *shape), "label": label}
+    patches = training_patches(PATCH, [1.0, 1.0, 1.0], 2, 0.8, UNROTATED_WITH_MARGIN)
+    set_rnd(patches, 0)
+    n = 400
+    holding_lesion = sum(float(patches(data)[0]["label"].max()) == 1 for _ in range(n))
+    # Every foreground-centred patch holds it (clamped to the case, it still reaches the corner);
+    # a patch at the case's centre never does, and one placed anywhere seldom.
+    assert abs(holding_lesion / n - 0.8) < 0.08
+
+
+def test_the_foreground_share_is_nnunets_count_per_batch():
+    # nnU-Net centres the last B - round(B * (1 - f)) patches of a batch of B.
+    assert foreground_share(0.33, 2) == 0.5
+    assert foreground_share(0.33, 3) == pytest.approx(1 / 3)
+    assert foreground_share(0.33, 4) == 0.25
+    assert foreground_share(0.33, 12) == pytest.approx(4 / 12)
+    assert foreground_share(0.0, 2) == 0.0 and foreground_share(1.0, 2) == 1.0
+    assert foreground_share(0.33, 1) == 0.33  # nnU-Net's rule would centre none

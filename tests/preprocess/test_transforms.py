@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Invertd
+from monai.data import MetaTensor
+from monai.transforms import Invertd, Zoom
 
 from pipeline.io import write_volume
 from pipeline.preprocess.plans import ChannelNormalization, Plans
-from pipeline.preprocess.transforms import build_preprocessing
+from pipeline.preprocess.transforms import build_preprocessing, zoom_label
 
 PLANS = Plans(
     channel_names=["CT"],
@@ -85,3 +86,39 @@ def test_inversion_restores_geometry_and_labels_exactly(tmp_path):
     restored = Invertd("label", chain, orig_keys="label", nearest_interp=True)(out)["label"]
     np.testing.assert_array_equal(restored[0].numpy().astype(np.uint8), label)
     np.testing.assert_allclose(restored.affine.numpy(), affine)
+
+
+def test_a_label_is_resampled_by_its_classes_interpolated_shares():
+    """Zoomed by 1.5 along x, the new voxels' centres fall at -0.17, 0.5, 1.17, 1.83, 2.5 and
+    3.17 old voxels: the two at x.5 lie halfway, where the object's share is exactly 1/2 and the
+    tie goes to the background, so the object stays centred. Nearest-neighbour gives
+    [0, 1, 1, 1, 0, 0], half a voxel off the image interpolated at the same points."""
+    label = MetaTensor(torch.tensor([0.0, 1.0, 1.0, 0.0]).reshape(1, 4, 1, 1))
+    zoomed = zoom_label(label, Zoom((1.5, 1.0, 1.0), mode="trilinear", keep_size=False))
+    assert zoomed.flatten().tolist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_the_resampled_label_follows_the_resampled_image(tmp_path):
+    """An organ (label 1) holding small lesions (label 2), each with its own intensity, resampled
+    from 1.9 x 1.9 x 3.5 mm to the plan's 2 x 2 x 4 mm: each voxel's label is the class whose
+    intensity the interpolated image is closest to (ties left out), and each class keeps the
+    size the image gives it. Nearest-neighbour labels had the lesions 27% larger than the image
+    shows them."""
+    rng = np.random.default_rng(3)
+    label = np.zeros((40, 40, 20), np.uint8)
+    label[8:30, 10:33, 4:16] = 1
+    for _ in range(6):  # lesions a few voxels across
+        x, y, z = rng.integers([10, 12, 5], [26, 29, 13])
+        label[x : x + 3, y : y + 4, z : z + 2] = 2
+    intensity = np.array([-100.0, 100.0, 200.0])  # background, organ, lesion (HU)
+    affine = np.diag([1.9, 1.9, 3.5, 1.0])
+    pair = write_pair(tmp_path, "z", intensity[label].astype(np.int16), label, affine)
+    out = build_preprocessing(PLANS)(pair)
+    image = out["image"][0].numpy() * 25.0 + 50.0  # back to HU (the plan's z-score; nothing clipped)
+    distance = np.abs(image[..., None] - intensity)
+    closest = distance.argmin(-1)
+    clear = np.sort(distance, -1)[..., 1] - distance.min(-1) > 30  # not halfway between two
+    resampled = out["label"][0].numpy()
+    np.testing.assert_array_equal(resampled[clear], closest[clear])
+    for value in (1, 2):
+        assert abs((resampled == value).sum() / (closest == value).sum() - 1) < 0.05
