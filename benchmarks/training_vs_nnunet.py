@@ -34,6 +34,7 @@ included), sampled every 0.1 s. Without nnU-Net's virtualenv the script stops.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -144,12 +145,16 @@ def parse_args() -> argparse.Namespace:
 
 
 def preprocess_resseg(cohort: Path, out: Path, args: argparse.Namespace) -> tuple[Path, dict]:
-    """resseg's preprocess stage and fold 0 of its split, cached; batches of at most 2 patch budgets."""
+    """resseg's preprocess stage and fold 0 of its split, cached until the preprocessing code
+    changes; batches of at most 2 patch budgets."""
     from pipeline import split
     from pipeline.config import PreprocessParams, SplitParams
     from pipeline.preprocess import stage
 
-    preprocessed, splits = out / "preprocessed", out / "splits.json"
+    preprocessed, splits, stamp = out / "preprocessed", out / "splits.json", out / "code.sha256"
+    code = hashlib.sha256(b"".join(f.read_bytes() for f in sorted((ROOT / "pipeline").rglob("*.py"))))
+    if not stamp.exists() or stamp.read_text() != code.hexdigest():
+        shutil.rmtree(out, ignore_errors=True)
     if not splits.exists():
         params = PreprocessParams(
             max_patch_voxels=args.max_patch_voxels,
@@ -158,6 +163,7 @@ def preprocess_resseg(cohort: Path, out: Path, args: argparse.Namespace) -> tupl
         )
         stage.run(params, cohort, preprocessed)
         split.run(SplitParams(n_folds=N_FOLDS), preprocessed / "plans.json", splits)
+        stamp.write_text(code.hexdigest())
     return preprocessed, json.loads(splits.read_text())[0]
 
 
