@@ -6,6 +6,7 @@ the key (``train.max_epochs: expected an integer, got 'ten'``) instead of being 
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, get_args
@@ -171,6 +172,12 @@ class AugmentationParams(Section):
 
 
 class TrainParams(Section):
+    # The keys that say where and how fast a run goes, not what it learns: they may change
+    # between an interruption and its resumption, and differ between folds of one model.
+    RUNTIME: ClassVar[frozenset[str]] = frozenset(
+        {"resume", "num_workers", "accelerator", "devices", "num_nodes", "strategy"}
+    )
+
     model: str = "resunet_small"
     model_overrides: dict = {}
     # "auto": the plan's patch size and batch size (see preprocess). The batch is per process.
@@ -279,9 +286,21 @@ def resolve_network(train: TrainParams, preset_dir: Path = PRESET_DIR) -> Networ
     return validate_section(NetworkParams, merged, source=f"{preset_path} + train.model_overrides")
 
 
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where a float needs a dot: ``1e-3`` and ``5E-4`` would be strings
+    (and rejected as numbers). YAML 1.2, which DVC's own parser speaks, reads them as floats."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Yaml12Floats)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as err:

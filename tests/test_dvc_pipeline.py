@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.test_dvc_deps import command_files, stages
 
 TINY_PARAMS = """
 cohort: synthetic
@@ -62,21 +63,25 @@ def run(args: list[str], cwd: Path, **env_vars: str) -> str:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path)
-    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
+    return make_repo(tmp_path)
+
+
+def make_repo(folder: Path) -> Path:
+    """A git + DVC project in ``folder`` with this checkout's pipeline and the tiny parameters."""
+    shutil.copy(REPO_ROOT / "dvc.yaml", folder)
+    shutil.copy(REPO_ROOT / ".dvcignore", folder)
+    shutil.copytree(REPO_ROOT / "configs", folder / "configs")
     # Stage dependencies name the code; a copy gives them something to hash.
-    shutil.copytree(
-        REPO_ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
-    run(["git", "init", "-q"], tmp_path)
-    run(["git", "config", "user.email", "test@example.org"], tmp_path)
-    run(["git", "config", "user.name", "test"], tmp_path)
-    run(["dvc", "init", "-q"], tmp_path)
-    run(["dvc", "config", "core.analytics", "false"], tmp_path)
-    run(["git", "add", "-A"], tmp_path)
-    run(["git", "commit", "-qm", "pipeline"], tmp_path)
-    return tmp_path
+    shutil.copytree(REPO_ROOT / "pipeline", folder / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "params.yaml").write_text(TINY_PARAMS)
+    run(["git", "init", "-q"], folder)
+    run(["git", "config", "user.email", "test@example.org"], folder)
+    run(["git", "config", "user.name", "test"], folder)
+    run(["dvc", "init", "-q"], folder)
+    run(["dvc", "config", "core.analytics", "false"], folder)
+    run(["git", "add", "-A"], folder)
+    run(["git", "commit", "-qm", "pipeline"], folder)
+    return folder
 
 
 @pytest.mark.slow
@@ -114,7 +119,8 @@ def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
-    run(["dvc", "exp", "run", "-S", "train.max_epochs=1"], repo)
+    # A float as people write it, through DVC's YAML 1.2 into the stage's reader.
+    run(["dvc", "exp", "run", "-S", "train.max_epochs=1", "-S", "train.learning_rate=3e-3"], repo)
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo))
     assert diff["dvclive/fold_0/metrics.json"]["epoch"] == {"old": 1, "new": 0, "diff": -1}
     # Segmentation and detection figures of the two runs side by side, as the README shows.
@@ -138,3 +144,27 @@ def test_switching_to_an_imported_cohort(repo: Path, cohort_dir: Path):
     assert "resseg validate --cohort data/raw/hospital" in out
     assert (repo / "models/hospital/fold_0/model.json").is_file()
     assert json.loads((repo / "reports/data_qc.json").read_text())["cohort"] == "data/raw/hospital"
+
+
+@pytest.mark.slow
+def test_two_clones_give_the_same_lock_and_a_code_edit_reruns_the_stages_that_import_it(tmp_path):
+    """Two projects of the same files in different folders give byte-identical dvc.lock files
+    (checkpoints name their files relative to their folder; run records stay out of the
+    hashes). Then an edit to a shared module shows in ``dvc status`` for exactly the stages
+    whose commands import it."""
+    first, second = make_repo(tmp_path / "first"), make_repo(tmp_path / "second_clone_elsewhere")
+    for clone in (first, second):
+        run(["dvc", "repro"], clone)
+    assert (first / "dvc.lock").read_bytes() == (second / "dvc.lock").read_bytes()
+
+    commands = command_files()  # each stage runs the resseg command of its name; folds: [0]
+    names = {stage: f"{stage}@0" if stage in ("train", "crossval") else stage for stage in stages()}
+    for module in ("pipeline/parallel.py", "pipeline/config.py", "pipeline/io/volumes.py"):
+        edited = first / module
+        original = edited.read_text()
+        edited.write_text(original + "\n# edited\n")
+        status = json.loads(run(["dvc", "status", "--json"], first))
+        edited.write_text(original)
+        expected = {names[stage] for stage in names if REPO_ROOT / module in commands[stage]}
+        assert set(status) == expected, module
+        assert expected  # every module here is imported by some stage

@@ -165,11 +165,14 @@ def from_folders(source: Path, options: ImportOptions) -> SourceCohort:
 
 def from_dicom(source: Path, options: ImportOptions) -> SourceCohort:
     """One folder per patient: its image series (one per channel) and its label, either a
-    DICOM SEG (segment numbers are the label values) or a single NIfTI/NRRD/MetaImage file."""
+    DICOM SEG (each segment is the label its SegmentLabel names) or a single NIfTI/NRRD/MetaImage
+    file."""
     channel_names = options.channel_names or ["CT"]
     labels = _declared_labels(options, "dicom")
     patients = sorted(p for p in source.iterdir() if p.is_dir())
-    return SourceCohort(channel_names, labels, [_dicom_case(folder, channel_names) for folder in patients])
+    return SourceCohort(
+        channel_names, labels, [_dicom_case(folder, channel_names, labels) for folder in patients]
+    )
 
 
 SOURCES: dict[str, Callable[[Path, ImportOptions], SourceCohort]] = {
@@ -200,7 +203,7 @@ def _channel_case(
     return SourceCase(name, split, read)
 
 
-def _dicom_case(folder: Path, channel_names: list[str]) -> SourceCase:
+def _dicom_case(folder: Path, channel_names: list[str], labels: dict[int, str]) -> SourceCase:
     def read() -> tuple[Volume, Volume | None]:
         chosen = _series_for_channels(folder, find_dicom_series(folder), channel_names)
         volumes = [read_dicom_series(series) for series in chosen]
@@ -211,7 +214,7 @@ def _dicom_case(folder: Path, channel_names: list[str]) -> SourceCase:
             raise InputDataError(f"{folder}: {len(segs) + len(label_files)} label candidates; keep one")
         if segs:
             _check_seg_reference(segs[0], chosen)
-            return image, Volume(read_dicom_seg(segs[0], volumes[0]), image.affine)
+            return image, Volume(read_dicom_seg(segs[0], volumes[0], labels), image.affine)
         return image, read_volume(label_files[0]) if label_files else None
 
     return SourceCase(folder.name, "train", read)

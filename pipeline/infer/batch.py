@@ -27,7 +27,6 @@ import traceback
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
@@ -246,7 +245,7 @@ def write_summary(
 ) -> None:
     """summary.csv: one row per scan of the folder, from its record (``pending`` without one),
     and one ``error`` row per input that is not a scan."""
-    columns = ["scan", "status", "error", "warning", "seconds", "input", "output"]
+    columns = ["scan", "status", "error", "warning", "input", "output"]
     columns += [f"volume_ml_{name}" for v, name in labels.items() if v]
     columns += [f"{kind}_{labels[v]}" for v in lesion_values for kind in ("lesions", "case_score")]
     rows = []
@@ -436,10 +435,11 @@ def _check_writable(output_dir: Path) -> None:
 
 
 def _run_record(model: dict, predictor: Predictor, options: BatchOptions, detection, n_scans: int) -> dict:
-    """run.json: which model and options made these outputs, with which software."""
+    """run.json: which model and options made these outputs, with which software. Like
+    summary.csv it holds no time, so that the same inputs and model give the same bytes (and
+    DVC the same hash); the scans' seconds stay in their records."""
     return {
         "resseg_version": pipeline.__version__,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model,
         "n_scans": n_scans,
         "options": {

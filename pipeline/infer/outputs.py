@@ -123,7 +123,19 @@ def dicom_seg(
     except ValueError as err:  # highdicom's refusal of the series (a required tag missing ...)
         raise InputDataError(f"{series.files[0].parent}: no DICOM SEG can reference it ({err})") from None
     _remove_identifiers(seg)
+    _set_slice_spacing(seg, sources)
     return seg
+
+
+def _set_slice_spacing(seg: hd.seg.Segmentation, sources: list[pydicom.Dataset]) -> None:
+    """SpacingBetweenSlices from the slices' positions: highdicom copies the source's, which some
+    writers fill wrongly (GDCM writes 1 mm), and readers that trust it (highdicom among them)
+    then refuse the SEG's regularly placed frames."""
+    if len(sources) < 2:
+        return
+    step = np.subtract(sources[1].ImagePositionPatient, sources[0].ImagePositionPatient)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = f"{np.linalg.norm(step):.6g}"
 
 
 def _segmentation(sources, planes: np.ndarray, descriptions) -> hd.seg.Segmentation:

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pydicom
 import SimpleITK as sitk
@@ -14,13 +16,11 @@ from pydicom.dataelem import RawDataElement
 
 from pipeline.errors import InputDataError
 from pipeline.io.limits import check_input_bytes
-from pipeline.io.volumes import LPS_TO_RAS, Volume, sitk_to_volume
+from pipeline.io.volumes import Volume, sitk_to_volume
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 # Objects that share folders with image series but hold no image volume to segment.
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"}
-# A SEG frame must sit within this many voxels of a reference slice and of its origin.
-GRID_TOLERANCE_VOXELS = 0.01
 # Slice steps may differ by this fraction of the usual one (positions are rounded decimals).
 SPACING_TOLERANCE = 0.01
 # Slices may drift sideways by this many pixels over a whole series before it counts as tilted:
@@ -265,50 +265,61 @@ def find_dicom_seg(folder: Path) -> list[Path]:
     return segs
 
 
-def read_dicom_seg(path: Path, reference: Volume) -> np.ndarray:
-    """A DICOM SEG as a label map on ``reference``'s grid: each voxel holds the number of the
-    segment covering it (1, 2, ...), 0 elsewhere; where segments overlap, the higher number
-    wins. Fractional segmentations count where they exceed half their maximum."""
+def read_dicom_seg(path: Path, reference: Volume, labels: dict[int, str]) -> np.ndarray:
+    """A DICOM SEG, read by highdicom, as a label map on ``reference``'s grid.
+
+    Each segment takes the value of the cohort label its SegmentLabel names (case and spaces
+    aside), whatever its number: Slicer and OHIF number segments in the order they were drawn.
+    A segment naming no label of ``labels`` (value -> name) is refused. Where segments overlap,
+    the higher label value wins; a FRACTIONAL segment counts where it exceeds one half."""
     try:
-        seg = pydicom.dcmread(path, defer_size=DEFER_BYTES)
-        # pixel_array unpacks a BINARY SEG's bits to a byte per value: its size is checked first.
-        check_input_bytes(path, (seg.Columns, seg.Rows, int(seg.get("NumberOfFrames") or 1)), 1)
-        frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
-        frame_groups = seg.PerFrameFunctionalGroupsSequence
+        # Unpacking a BINARY SEG takes a byte per value: its size is checked from the header first.
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        check_input_bytes(path, (header.Columns, header.Rows, int(header.get("NumberOfFrames") or 1)), 1)
+        seg = hd.seg.Segmentation.from_dataset(_without_spacing_hint(pydicom.dcmread(path)), copy=False)
+        numbers = seg.get_segment_numbers()
+        names = {number: seg.get_segment_description(number).segment_label for number in numbers}
+        segments = seg.get_volume(combine_segments=False, rescale_fractional=True)
     except InputDataError:
         raise
-    except Exception as err:  # pydicom raises many types for damaged or foreign files
+    except Exception as err:  # pydicom and highdicom raise many types for damaged or foreign files
         raise InputDataError(
             f"{path}: cannot be read as DICOM SEG ({err.__class__.__name__}: {err})"
         ) from None
-    _check_orientation(path, seg, reference)
-    threshold = seg.MaximumFractionalValue / 2 if seg.SegmentationType == "FRACTIONAL" else 0
+    values = {number: _label_value(path, number, names[number], labels) for number in numbers}
+    grid = hd.Volume.from_nibabel(
+        nib.Nifti1Image(np.zeros(reference.shape, np.uint8), reference.affine), coordinate_system="PATIENT"
+    )
+    try:
+        placed = segments.match_geometry(grid).array  # (x, y, z, segment), the reference's axes
+    except RuntimeError:  # highdicom: not the same grid up to axis order, flips, cropping or padding
+        raise InputDataError(f"{path}: frames do not fall on the image's voxel grid") from None
+    threshold = 0.5 if seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL else 0
     label = np.zeros(reference.shape, np.uint8)
-    to_voxel = np.linalg.inv(reference.affine)
-    placed = []
-    for frame, group in zip(frames, frame_groups, strict=True):
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        position = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
-        i, j, k = (to_voxel @ np.append(LPS_TO_RAS @ position, 1.0))[:3]
-        slice_index = int(round(k))
-        off_grid = max(abs(i), abs(j), abs(k - slice_index)) > GRID_TOLERANCE_VOXELS
-        if off_grid or not 0 <= slice_index < reference.shape[2] or frame.shape[::-1] != reference.shape[:2]:
-            raise InputDataError(f"{path}: frames do not fall on the image's voxel grid")
-        placed.append((number, slice_index, frame.T > threshold))  # frames are (rows=y, columns=x)
-    for number, slice_index, mask in sorted(placed, key=lambda item: item[0]):
-        label[:, :, slice_index][mask] = number
+    for index in sorted(range(len(numbers)), key=lambda i: values[numbers[i]]):
+        label[placed[..., index] > threshold] = values[numbers[index]]
     return label
 
 
-def _check_orientation(path: Path, seg: pydicom.Dataset, reference: Volume) -> None:
-    """Frames must run along the image's own rows and columns to be placed slice by slice."""
-    try:
-        iop = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
-    except (AttributeError, IndexError):
-        raise InputDataError(f"{path}: DICOM SEG without a shared plane orientation") from None
-    along_row, along_column = LPS_TO_RAS @ np.array(iop[:3], float), LPS_TO_RAS @ np.array(iop[3:], float)
-    axes = reference.affine[:3, :2] / np.linalg.norm(reference.affine[:3, :2], axis=0)
-    if not (
-        np.allclose(along_row, axes[:, 0], atol=1e-3) and np.allclose(along_column, axes[:, 1], atol=1e-3)
-    ):
-        raise InputDataError(f"{path}: frames are not oriented like the image's slices")
+def _without_spacing_hint(seg: pydicom.Dataset) -> pydicom.Dataset:
+    """The slice spacing is the frames' positions' to tell: SpacingBetweenSlices is informative,
+    and SEGs copy it from sources that may hold a wrong one (GDCM writes 1 mm for a lone slice),
+    which makes highdicom refuse frames that are regularly placed."""
+    for group in seg.get("SharedFunctionalGroupsSequence", []):
+        for measures in group.get("PixelMeasuresSequence", []):
+            measures.pop("SpacingBetweenSlices", None)
+    return seg
+
+
+def _label_value(path: Path, number: int, name: str, labels: dict[int, str]) -> int:
+    by_name = {_normalised(label_name): value for value, label_name in labels.items()}
+    if _normalised(name) not in by_name:
+        declared = ", ".join(labels[value] for value in sorted(labels) if value)
+        raise InputDataError(
+            f"{path}: segment {number} is labelled {name!r}, which names no label of the cohort ({declared})"
+        )
+    return by_name[_normalised(name)]
+
+
+def _normalised(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())

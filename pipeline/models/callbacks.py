@@ -1,8 +1,13 @@
-"""Lightning callbacks of the train stage: encoder freezing and run identity."""
+"""Lightning callbacks of the train stage: encoder freezing, run identity, checkpoints that do
+not name the folder they were written in."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class EncoderFreezing(L.Callback):
@@ -34,3 +39,34 @@ class RunSignature(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[self.KEY] = self.signature
+
+
+class FolderCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with its own state (written into every checkpoint) naming
+    the checkpoint files relative to its folder: Lightning's absolute paths made the same run's
+    checkpoints differ between two clones of a project, and so their DVC hashes and dvc.lock."""
+
+    PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["dirpath"] = "."
+        for key in self.PATH_KEYS:
+            state[key] = self._relative(state[key])
+        state["best_k_models"] = {self._relative(p): score for p, score in state["best_k_models"].items()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        if state.get("dirpath") == ".":
+            state["dirpath"] = self.dirpath
+            for key in self.PATH_KEYS:
+                state[key] = self._absolute(state[key])
+            state["best_k_models"] = {self._absolute(p): score for p, score in state["best_k_models"].items()}
+        super().load_state_dict(state)
+
+    def _relative(self, path: str) -> str:
+        return os.path.relpath(path, self.dirpath) if path else path
+
+    def _absolute(self, path: str) -> str:
+        return os.path.join(self.dirpath, path) if path else path

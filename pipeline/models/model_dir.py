@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import pipeline
-from pipeline.config import NetworkParams, parse_network
+from pipeline.config import NetworkParams, TrainParams, parse_network
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.io import atomic_output, write_json
 from pipeline.models.networks import build_network
@@ -96,12 +96,25 @@ def fold_dirs(model_dir: Path, folds: list[int] | None = None) -> list[Path]:
 
 
 def load_description(model_dir: Path, folds: list[int] | None = None) -> ModelDescription:
-    """The description shared by the chosen folds; folds that disagree are refused."""
+    """The description shared by the chosen folds; folds that disagree are refused, and so are
+    folds trained with another recipe (a fold left from an earlier experiment on the same plan
+    would otherwise be averaged in silently)."""
     descriptions = {path: _read_description(path / MODEL_JSON) for path in fold_dirs(model_dir, folds)}
     (first_path, first), *others = descriptions.items()
+    first_recipe = _recipe(first_path / MODEL_JSON)
     for path, other in others:
         if other != first:
             raise InputDataError(f"{path}: network, plan or patch size differs from {first_path}")
+        recipe = _recipe(path / MODEL_JSON)
+        if differing := sorted(
+            key for key in first_recipe.keys() | recipe.keys() if first_recipe.get(key) != recipe.get(key)
+        ):
+            key = differing[0]
+            raise InputDataError(
+                f"{path}: trained with other parameters than {first_path} (train.{key}: "
+                f"{recipe.get(key)!r} against {first_recipe.get(key)!r}); a fold of an earlier "
+                "experiment? Remove it, or choose the folds (--folds)"
+            )
     _check_numbers(first_path / MODEL_JSON, first)
     _check_sizes(first_path / MODEL_JSON, first)
     return first
@@ -192,6 +205,12 @@ def _finite(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InputDataError(f"{path}: tensor {name} holds NaN or infinite values")
     return state
+
+
+def _recipe(path: Path) -> dict:
+    """The training parameters that decide what a fold learned (not where it ran)."""
+    training = json.loads(path.read_text()).get("training") or {}
+    return {key: value for key, value in training.items() if key not in TrainParams.RUNTIME}
 
 
 def _read_description(path: Path) -> ModelDescription:

@@ -18,22 +18,17 @@ from pathlib import Path
 import lightning as L
 import torch
 from dvclive.lightning import DVCLiveLogger
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
 from pipeline.config import NetworkParams, TrainParams
 from pipeline.errors import ConfigError
-from pipeline.models.callbacks import EncoderFreezing, RunSignature
+from pipeline.models.callbacks import EncoderFreezing, FolderCheckpoint, RunSignature
 from pipeline.models.data import PreprocessedDataModule
 from pipeline.models.model_dir import ModelDescription, load_state_dict, save_fold
 from pipeline.models.module import SegmentationModule
 from pipeline.models.networks import encoder_parameter_names
 from pipeline.models.transfer import initialise_from
 from pipeline.preprocess.plans import Plans
-
-# Parameters that say where and how fast a run goes, not what it learns: changing them
-# between an interruption and its resumption is allowed.
-RUNTIME_PARAMS = {"resume", "num_workers", "accelerator", "devices", "num_nodes", "strategy"}
 
 
 def run(
@@ -66,7 +61,7 @@ def run(
         if params.resume == "auto"
         else None
     )
-    best = ModelCheckpoint(
+    best = FolderCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",
         monitor="val/dice_mean",
@@ -74,7 +69,7 @@ def run(
         enable_version_counter=False,
     )
     # last.ckpt after every epoch (not only when validation runs): a kill loses one epoch at most.
-    last = ModelCheckpoint(
+    last = FolderCheckpoint(
         dirpath=checkpoint_dir, filename="last", save_on_train_epoch_end=True, enable_version_counter=False
     )
     callbacks = [best, last, RunSignature(signature)]
@@ -126,7 +121,7 @@ def run(
 
 def _signature(params: TrainParams, description: ModelDescription, fold_cases: dict) -> str:
     what_is_learned = {
-        "train": params.model_dump(exclude=RUNTIME_PARAMS),
+        "train": params.model_dump(exclude=set(TrainParams.RUNTIME)),
         "network": description.network.model_dump(),
         "plans": description.plans.to_dict(),
         "patch_size": description.patch_size,

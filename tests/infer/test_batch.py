@@ -9,6 +9,8 @@ import sys
 import time
 from importlib import metadata
 
+import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -23,7 +25,7 @@ from pipeline.infer.inputs import find_scans
 from pipeline.io import read_probability, read_volume, write_volume
 from pipeline.io.dicom import find_dicom_series, read_dicom_series
 from tests.infer.test_predictor import HU_PER_CLASS, blob_scan, oracle_predictor
-from tests.io.test_dicom import write_series
+from tests.io.test_dicom import DIRECTION_LPS, write_series
 
 MODEL = {"path": "oracle", "folds": None, "sha256": "oracle"}
 LESION_ONLY = DetectionParams(lesion_labels=["lesion"], min_candidate_volume_mm3=0.0)
@@ -238,6 +240,32 @@ def test_dicom_seg_references_the_series(tmp_path):
         r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     }
     assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in (folder / "ct").iterdir()}
+
+
+# Rows running anterior (y flipped) and slices running downwards (z flipped): the frames of the
+# SEG must follow the source's slices, not the mask's array order.
+FLIPPED_LPS = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+@pytest.mark.parametrize("direction", [DIRECTION_LPS, FLIPPED_LPS], ids=["axial", "flipped"])
+def test_the_dicom_seg_read_back_by_highdicom_equals_the_nifti_mask(tmp_path, direction):
+    """highdicom rebuilds the SEG's volume from its frames' positions; mapped onto the NIfTI
+    mask's grid (which refuses anything but the same voxels up to axis order and flips), each
+    segment covers exactly that label, so frame order, positions and orientation are right."""
+    folder = tmp_path / "in"
+    hu = np.zeros((24, 20, 8), np.int16)
+    hu[6:18, 5:15, 1:6] = HU_PER_CLASS
+    hu[10:14, 8:12, 4:6] = 2 * HU_PER_CLASS  # off-centre along z, so a reversed stack shows
+    write_series(folder / "ct", hu, uid="1.2.826.0.1.3680043.2.1125.9", direction=direction)
+    run_batch(folder, tmp_path / "out", dicom_seg=True)
+    mask = read_volume(tmp_path / "out/ct.nii.gz")
+    seg = hd.seg.segread(tmp_path / "out/ct.seg.dcm")
+    grid = hd.Volume.from_nibabel(nib.Nifti1Image(mask.array, mask.affine), coordinate_system="PATIENT")
+    segments = seg.get_volume(combine_segments=False).match_geometry(grid).array
+    for index, number in enumerate(seg.get_segment_numbers()):
+        value = {"organ": 1, "lesion": 2}[seg.get_segment_description(number).segment_label]
+        np.testing.assert_array_equal(segments[..., index] > 0, mask.array == value)
+    assert set(np.unique(mask.array)) == {0, 1, 2}  # both segments hold voxels
 
 
 def test_command_line_exit_codes(mixed_folder, random_model, tmp_path, monkeypatch, capsys):

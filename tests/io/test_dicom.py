@@ -28,14 +28,14 @@ ORIGIN_LPS = (-40.0, 25.0, 100.0)
 DIRECTION_LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def write_series(folder, hu, uid, description="CT AXIAL", modality="CT", prefix="s"):
+def write_series(folder, hu, uid, description="CT AXIAL", modality="CT", prefix="s", direction=DIRECTION_LPS):
     """One file per slice through SimpleITK, with the tags a scanner writes. With intercept
     -1024 the writer stores HU + 1024, so reading back HU proves the rescale is applied."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(hu.transpose(2, 1, 0).astype(np.int16))
     image.SetSpacing(SPACING)
     image.SetOrigin(ORIGIN_LPS)
-    image.SetDirection(DIRECTION_LPS)
+    image.SetDirection(direction)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     now = datetime.datetime(2026, 1, 1)
@@ -49,7 +49,7 @@ def write_series(folder, hu, uid, description="CT AXIAL", modality="CT", prefix=
             "0020|000e": uid,
             "0020|0052": "1.2.826.0.1.3680043.2.1125.9",  # FrameOfReferenceUID (needed by SEG)
             "0020|0032": "\\".join(map(str, position)),
-            "0020|0037": "\\".join(map(str, DIRECTION_LPS[0::3] + DIRECTION_LPS[1::3])),
+            "0020|0037": "\\".join(map(str, direction[0::3] + direction[1::3])),
             "0020|0013": str(k + 1),
             "0028|1052": "-1024",
             "0028|1053": "1",
@@ -205,8 +205,14 @@ def test_missing_or_contradictory_geometry_is_refused_naming_the_tag(ct, slices,
         read_dicom_series(series)
 
 
-def make_seg(folder, mask):
-    """A two-segment BINARY DICOM SEG over the series in ``folder``, built with highdicom."""
+LABELS = {0: "background", 1: "organ", 2: "lesion"}
+# Each segment's pixels, from a label map holding an organ (1) with a lesion (2) inside it.
+SEGMENT_PIXELS = {"organ": lambda mask: mask >= 1, "lesion": lambda mask: mask == 2}
+
+
+def make_seg(folder, mask, names=("organ", "lesion")):
+    """A BINARY DICOM SEG over the series in ``folder``, built with highdicom: segment 1 is
+    ``names[0]``, segment 2 ``names[1]`` ... (Slicer numbers them in the order drawn)."""
     sources = sorted((pydicom.dcmread(p) for p in folder.glob("s*.dcm")), key=lambda d: int(d.InstanceNumber))
     algorithm = hd.AlgorithmIdentificationSequence(
         name="test", version="1", family=codes.cid7162.ArtificialIntelligence
@@ -220,10 +226,11 @@ def make_seg(folder, mask):
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
-        for number, name in ((1, "organ"), (2, "lesion"))
+        for number, name in enumerate(names, start=1)
     ]
+    pixels = [SEGMENT_PIXELS.get(name.strip().lower(), SEGMENT_PIXELS["lesion"])(mask) for name in names]
     # highdicom wants (frames, rows, columns, segments); our arrays are (x, y, z).
-    planes = np.stack([(mask == 1) | (mask == 2), mask == 2], axis=-1).transpose(2, 1, 0, 3)
+    planes = np.stack(pixels, axis=-1).transpose(2, 1, 0, 3)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=planes.astype(np.uint8),
@@ -246,12 +253,38 @@ def test_seg_maps_onto_the_reference_grid_and_is_not_a_series(ct):
     folder, hu = ct
     mask = np.zeros(hu.shape, np.uint8)
     mask[3:10, 2:8, 1:5] = 1
-    mask[5:7, 4:6, 2:4] = 2  # lesion inside the organ: the higher segment number wins
+    mask[5:7, 4:6, 2:4] = 2  # lesion inside the organ: the higher label value wins
     seg_path = make_seg(folder, mask)
     assert find_dicom_seg(folder) == [seg_path]
     (series,) = find_dicom_series(folder)  # the SEG is not listed as an image series
-    label = read_dicom_seg(seg_path, read_dicom_series(series))
+    label = read_dicom_seg(seg_path, read_dicom_series(series), LABELS)
     np.testing.assert_array_equal(label, mask)
+
+
+@pytest.mark.parametrize("names", [("lesion", "organ"), ("Lesion ", "ORGAN")])
+def test_segments_are_labels_by_name_not_by_number(ct, names):
+    """A SEG drawn lesion first (segment 1 = lesion): by number, the lesion would become the
+    organ and the organ, painted last, would cover it."""
+    folder, hu = ct
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[3:10, 2:8, 1:5] = 1
+    mask[5:7, 4:6, 2:4] = 2
+    seg_path = make_seg(folder, mask, names)
+    np.testing.assert_array_equal(
+        read_dicom_seg(seg_path, read_dicom_series(find_dicom_series(folder)[0]), LABELS), mask
+    )
+
+
+def test_a_segment_naming_no_label_of_the_cohort_is_refused(ct):
+    folder, hu = ct
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[3:6, 3:6, 2] = 2
+    seg_path = make_seg(folder, mask, ("organ", "tumour"))
+    with pytest.raises(
+        InputDataError,
+        match=r"seg.dcm: segment 2 is labelled 'tumour', which names no label of the cohort \(organ, les",
+    ):
+        read_dicom_seg(seg_path, read_dicom_series(find_dicom_series(folder)[0]), LABELS)
 
 
 def test_a_seg_claiming_more_frames_than_the_limit_is_refused_before_unpacking(ct, monkeypatch):
@@ -263,7 +296,7 @@ def test_a_seg_claiming_more_frames_than_the_limit_is_refused_before_unpacking(c
     seg.save_as(folder / "seg.dcm")
     monkeypatch.setenv(LIMIT_VARIABLE, "1e9")
     with pytest.raises(InputDataError, match=r"seg.dcm: the header claims 30000x30000x\d+ values of 1 bytes"):
-        read_dicom_seg(folder / "seg.dcm", read_dicom_series(find_dicom_series(folder)[0]))
+        read_dicom_seg(folder / "seg.dcm", read_dicom_series(find_dicom_series(folder)[0]), LABELS)
 
 
 def test_seg_on_another_grid_is_refused(ct, tmp_path):
@@ -274,4 +307,4 @@ def test_seg_on_another_grid_is_refused(ct, tmp_path):
     other = read_dicom_series(find_dicom_series(folder)[0])
     shifted = type(other)(other.array, other.affine + np.array([[0, 0, 0, 5.0]] * 3 + [[0, 0, 0, 0]]))
     with pytest.raises(InputDataError, match="frames do not fall on the image's voxel grid"):
-        read_dicom_seg(seg_path, shifted)
+        read_dicom_seg(seg_path, shifted, LABELS)
