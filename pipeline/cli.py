@@ -87,6 +87,7 @@ def predict(args: argparse.Namespace) -> int:
         output_format=args.format,
         save_probabilities=args.save_probabilities,
         dicom_seg=args.dicom_seg,
+        keep_identifiers=args.keep_identifiers,
         overwrite=args.overwrite,
         recursive=args.recursive,
         workers=args.workers,
@@ -323,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--dicom-seg", action="store_true", help="DICOM inputs: also a DICOM SEG (<scan>.seg.dcm)"
+    )
+    sub.add_argument(
+        "--keep-identifiers",
+        action="store_true",
+        help="the DICOM SEG keeps the source's patient and study modules (for the PACS it came from)",
     )
     sub.add_argument(
         "--format", default="auto", choices=["auto", "nifti", "nrrd", "mha"], help="auto: the input's"

@@ -60,6 +60,7 @@ class BatchOptions:
     output_format: Literal["auto", "nifti", "nrrd", "mha"] = "auto"
     save_probabilities: bool = False
     dicom_seg: bool = False
+    keep_identifiers: bool = False  # the SEG keeps the source's patient and study modules
     overwrite: bool = False
     recursive: bool = False
     workers: int = 1  # scans read ahead, each in its own thread
@@ -190,6 +191,7 @@ class _ScanStep:
                 scan.series,
                 self.predictor.description.plans.labels,
                 self.lesion_values,
+                self.options.keep_identifiers,
             )
         except Exception as err:  # a full or read-only disk fails this scan's writing, not the run
             self._record(scan, _reason(scan, err), seconds + time.perf_counter() - started)

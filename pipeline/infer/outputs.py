@@ -21,16 +21,31 @@ from pipeline.io.atomic import atomic_output
 from pipeline.io.dicom import DicomSeries
 
 PROBABILITIES_FOLDER = "probabilities"
-# Patient and study attributes that identify someone: those the SEG must carry are emptied, the
-# others removed.
-IDENTIFYING_TYPE_2 = (
+# The patient and study attributes that a SEG must carry (Type 2 of the Patient and General
+# Study modules): written empty, and added empty to a source that lacks them (exports often do).
+TYPE_2_PATIENT_STUDY = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
     "ReferringPhysicianName", "StudyDate", "StudyTime", "StudyID",
 )  # fmt: skip
-IDENTIFYING_OPTIONAL = (
-    "PatientAge", "PatientWeight", "PatientSize", "OtherPatientIDs", "InstitutionName",
-    "InstitutionAddress", "StudyDescription", "SeriesDate", "SeriesTime",
-)  # fmt: skip
+# De-identification as an allow-list (DICOM PS3.15's Basic Application Level Confidentiality
+# Profile removes or empties every identifying attribute; an allow-list also catches those it
+# will name next year and private tags): the SEG keeps its own content as highdicom writes it,
+# the UIDs that tie it to its study, series and frame of reference, and the emptied Type 2
+# attributes above. Whatever else highdicom copies from the source is dropped.
+SEG_OWN_ATTRIBUTES = frozenset({
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceCreationDate",
+    "InstanceCreationTime", "ContentDate", "ContentTime", "Modality", "SeriesInstanceUID",
+    "SeriesNumber", "InstanceNumber", "Manufacturer", "ManufacturerModelName", "SoftwareVersions",
+    "DeviceSerialNumber", "ContributingEquipmentSequence", "ImageType", "ContentLabel",
+    "ContentDescription", "ContentCreatorName", "SamplesPerPixel", "PhotometricInterpretation",
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "LossyImageCompression", "PresentationLUTShape", "SegmentationType", "SegmentsOverlap",
+    "MaximumFractionalValue", "SegmentationFractionalType", "SegmentSequence", "NumberOfFrames",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "DimensionIndexSequence",
+    "DimensionOrganizationSequence", "DimensionOrganizationType", "ReferencedSeriesSequence",
+    "SourceImageSequence", "StudyInstanceUID", "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "PixelData",
+})  # fmt: skip
 SEG_ENDING = ".seg.dcm"
 
 
@@ -63,11 +78,16 @@ def write_outputs(
     series: DicomSeries | None,
     label_names: dict[int, str],
     lesion_values: list[int],
+    keep_identifiers: bool = False,
 ) -> None:
     """All of a scan's outputs or none of this attempt's: the DICOM SEG is built (and may be
     refused) before any file is written, and a failed write removes the files this call wrote.
     A file of an earlier run that the failure left unreplaced stays as it was."""
-    seg = dicom_seg(prediction.label, series, label_names, lesion_values) if outputs.seg else None
+    seg = (
+        dicom_seg(prediction.label, series, label_names, lesion_values, keep_identifiers)
+        if outputs.seg
+        else None
+    )
     written = []
     try:
         # A NIfTI scan's own qform, sform and unit go into its outputs, so that they lie on it in
@@ -87,14 +107,23 @@ def write_outputs(
 
 
 def dicom_seg(
-    label: np.ndarray, series: DicomSeries, label_names: dict[int, str], lesion_values: list[int]
+    label: np.ndarray,
+    series: DicomSeries,
+    label_names: dict[int, str],
+    lesion_values: list[int],
+    keep_identifiers: bool = False,
 ) -> hd.seg.Segmentation:
     """A DICOM SEG over the source series, one segment per foreground label (empty or not).
 
-    highdicom copies from the source what the SEG standard requires (patient, study, frame of
-    reference); the patient's identifiers among them are removed.
+    highdicom copies the patient, study and frame-of-reference modules from the source; unless
+    ``keep_identifiers`` (a SEG going back to the PACS it came from), only SEG_OWN_ATTRIBUTES and
+    the emptied TYPE_2_PATIENT_STUDY stay.
     """
     sources = [pydicom.dcmread(f) for f in series.files]
+    for source in sources:
+        for keyword in TYPE_2_PATIENT_STUDY:
+            if keyword not in source:
+                setattr(source, keyword, "")
     foreground = [v for v in sorted(label_names) if v != 0]
     algorithm = hd.AlgorithmIdentificationSequence(
         name="resseg", version=pipeline.__version__, family=codes.cid7162.ArtificialIntelligence
@@ -122,7 +151,8 @@ def dicom_seg(
         seg = _segmentation(sources, planes, descriptions)
     except ValueError as err:  # highdicom's refusal of the series (a required tag missing ...)
         raise InputDataError(f"{series.files[0].parent}: no DICOM SEG can reference it ({err})") from None
-    _remove_identifiers(seg)
+    if not keep_identifiers:
+        _keep_only_seg_attributes(seg)
     _set_slice_spacing(seg, sources)
     return seg
 
@@ -156,13 +186,9 @@ def _segmentation(sources, planes: np.ndarray, descriptions) -> hd.seg.Segmentat
     )
 
 
-def _remove_identifiers(seg: hd.seg.Segmentation) -> None:
-    """Empty the patient and study identifiers that highdicom copies from the source. The SEG
-    module requires these elements to be present (type 2) but not filled; the UIDs that tie the
-    SEG to its series and study stay, and so do the SEG's own content date and time."""
-    for keyword in IDENTIFYING_TYPE_2:
-        if keyword in seg:
-            seg.data_element(keyword).value = ""
-    for keyword in IDENTIFYING_OPTIONAL:
-        if keyword in seg:
-            delattr(seg, keyword)
+def _keep_only_seg_attributes(seg: hd.seg.Segmentation) -> None:
+    for element in list(seg):
+        if element.keyword in TYPE_2_PATIENT_STUDY:
+            element.value = ""
+        elif element.keyword not in SEG_OWN_ATTRIBUTES:  # private tags have no keyword
+            del seg[element.tag]

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from monai.transforms import (
     AsDiscreted,
     BorderPadd,
+    CenterSpatialCropd,
     Compose,
+    Identityd,
     OneOf,
     Rand3DElasticd,
     RandAdjustContrastd,
@@ -59,34 +61,36 @@ def training_patches(
     # RandAffine's rotate_range is per rotation axis; rotating about axis a mixes the other two.
     rotate_range = [rotation if set(range(3)) - {axis} <= set(in_plane) else 0.0 for axis in range(3)]
     scale_range = [(params.scale_range[0] - 1, params.scale_range[1] - 1)] * 3
+    rotate_and_scale = RandAffined(
+        KEYS,
+        spatial_size=patch_size,
+        prob=1.0,  # drawn with affine_prob below
+        rotate_range=rotate_range,
+        scale_range=scale_range,
+        mode="bilinear",
+        padding_mode="zeros",
+    )
     spatial = [
         *reach_past_edges(patch_size, crop_size),
         crop_location(crop_size, n_classes, foreground_fraction),
-        # The label is resampled as nnU-Net does it: each class's indicator bilinearly, then the
-        # highest (nearest-neighbour would shift it up to half a voxel off the image).
-        AsDiscreted("label", to_onehot=n_classes),
-        RandAffined(
-            KEYS,
-            spatial_size=patch_size,
-            prob=params.affine_prob,
-            rotate_range=rotate_range,
-            scale_range=scale_range,
-            mode="bilinear",
-            padding_mode="zeros",
+        # Unrotated patches are cut from the crop's centre as they are: no resampling, and none
+        # of the label's classes split into channels.
+        _sometimes(
+            params.affine_prob,
+            _label_as_classes(rotate_and_scale, n_classes),
+            CenterSpatialCropd(KEYS, patch_size),
         ),
     ]
     if params.elastic_prob > 0:
-        spatial.append(
-            Rand3DElasticd(
-                KEYS,
-                sigma_range=(9, 13),
-                magnitude_range=(0, 200),
-                prob=params.elastic_prob,
-                mode="bilinear",
-                padding_mode="zeros",
-            )
+        deform = Rand3DElasticd(
+            KEYS,
+            sigma_range=(9, 13),
+            magnitude_range=(0, 200),
+            prob=1.0,
+            mode="bilinear",
+            padding_mode="zeros",
         )
-    spatial.append(AsDiscreted("label", argmax=True))
+        spatial.append(_sometimes(params.elastic_prob, _label_as_classes(deform, n_classes), Identityd(KEYS)))
     spatial += [RandFlipd(KEYS, prob=0.5, spatial_axis=axis) for axis in params.mirror_axes]
     intensity = [
         RandGaussianNoised("image", prob=params.noise_prob, std=params.noise_std),
@@ -112,6 +116,17 @@ def training_patches(
     return Compose([*spatial, *intensity])
 
 
+def _label_as_classes(resampling, n_classes: int) -> Compose:
+    """The label resampled as nnU-Net resamples it: each class's indicator interpolated like the
+    image, then the class of highest share (nearest-neighbour would shift it by up to half a
+    voxel against the image)."""
+    return Compose([AsDiscreted("label", to_onehot=n_classes), resampling, AsDiscreted("label", argmax=True)])
+
+
+def _sometimes(prob: float, transform, otherwise) -> OneOf:
+    return OneOf([transform, otherwise], weights=[prob, 1 - prob])
+
+
 def reach_past_edges(patch_size: Sequence[int], crop_size: Sequence[int]) -> list:
     """Padding that lets the patch lie anywhere in the case, as nnU-Net's loader allows.
 
@@ -122,8 +137,8 @@ def reach_past_edges(patch_size: Sequence[int], crop_size: Sequence[int]) -> lis
     position that keeps the patch inside the case; a case smaller than the patch is centred."""
     border = []
     for patch, crop in zip(patch_size, crop_size, strict=True):
-        margin = crop - patch
-        border += [margin // 2, margin - margin // 2]
+        before = crop // 2 - patch // 2  # where CenterSpatialCrop starts the patch in the crop
+        border += [before, crop - patch - before]
     return [BorderPadd(KEYS, spatial_border=border), SpatialPadd(KEYS, spatial_size=crop_size)]
 
 
