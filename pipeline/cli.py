@@ -88,6 +88,7 @@ def predict(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities,
         dicom_seg=args.dicom_seg,
         keep_identifiers=args.keep_identifiers,
+        name_by=args.name_by,
         overwrite=args.overwrite,
         recursive=args.recursive,
         workers=args.workers,
@@ -324,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--dicom-seg", action="store_true", help="DICOM inputs: also a DICOM SEG (<scan>.seg.dcm)"
+    )
+    sub.add_argument(
+        "--name-by",
+        default="folder",
+        choices=["folder", "uid"],
+        help="DICOM series: named after their folders (a patient's name, often) or by a hash of their UID",
     )
     sub.add_argument(
         "--keep-identifiers",

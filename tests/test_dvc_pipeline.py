@@ -68,6 +68,7 @@ def repo(tmp_path: Path) -> Path:
 
 def make_repo(folder: Path) -> Path:
     """A git + DVC project in ``folder`` with this checkout's pipeline and the tiny parameters."""
+    folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "dvc.yaml", folder)
     shutil.copy(REPO_ROOT / ".dvcignore", folder)
     shutil.copytree(REPO_ROOT / "configs", folder / "configs")

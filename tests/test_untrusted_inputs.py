@@ -1,6 +1,7 @@
 """Models and scans from elsewhere: no code runs from a model file, no patient identifier leaves a
 DICOM input, and nothing reaches for the network."""
 
+import hashlib
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ from pipeline.cohort.dataset import load_cohort
 from pipeline.config import DetectionParams, EvaluateParams
 from pipeline.evaluate import stage as evaluate_stage
 from pipeline.infer import batch
+from pipeline.infer.inputs import series_name
 from pipeline.models.model_dir import ModelDescription, save_fold
 from tests.conftest import TINY_NETWORK
 from tests.infer.test_predictor import HU_PER_CLASS, PLANS, blob_scan, oracle_predictor
@@ -124,6 +126,29 @@ def test_no_patient_identifier_reaches_any_output(tmp_path, monkeypatch):
     for keyword in IDENTIFIERS:
         assert not str(seg.get(keyword, "")), keyword
     assert_no_identifier_in([tmp_path / "out"])
+
+
+def test_named_by_uid_no_output_path_names_the_patient_folder(tmp_path, monkeypatch):
+    """A folder named after its patient names the outputs after the patient; --name-by uid names
+    them by a hash of the SeriesInstanceUID. summary.csv's input column still maps each name
+    back to its folder, for whoever runs it; the masks and SEG carry no name."""
+    uid = "1.2.826.0.1.3680043.2.1125.32"
+    identified_series(tmp_path / "in/Doe_Jane", uid=uid)
+    monkeypatch.chdir(tmp_path)
+    options = batch.BatchOptions(dicom_seg=True, name_by="uid")
+    model = {"path": "oracle", "folds": None, "sha256": "oracle"}
+    result = batch.run(
+        oracle_predictor(), model, "in", "out", options, DetectionParams(lesion_labels=["lesion"])
+    )
+    assert result.all_succeeded
+    name = series_name(uid)
+    assert name == "series_" + hashlib.sha256(uid.encode()).hexdigest()[:16]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    assert written == sorted([f"{name}.nii.gz", f"{name}.seg.dcm", "run.json", "summary.csv"])
+    for output in (tmp_path / "out").glob("series_*"):
+        content = output.read_bytes()
+        assert not any(value.encode() in content for value in [*IDENTIFIERS.values(), "Doe_Jane"])
+    assert not any("Doe" in p.name for p in (tmp_path / "out").rglob("*"))
 
 
 def test_no_patient_identifier_reaches_an_imported_cohort(tmp_path, capsys):

@@ -39,7 +39,7 @@ from pipeline.config import DetectionParams
 from pipeline.errors import ConfigError, InputDataError, UserError
 from pipeline.evaluate.detection import case_score, extract_candidates
 from pipeline.evaluate.segmentation import volume_ml
-from pipeline.infer.inputs import Scan, Unusable, find_scans
+from pipeline.infer.inputs import NameBy, Scan, Unusable, find_scans
 from pipeline.infer.memory import GIB, available_memory
 from pipeline.infer.outputs import ScanOutputs, scan_outputs, write_outputs
 from pipeline.infer.predictor import Predictor
@@ -61,6 +61,7 @@ class BatchOptions:
     save_probabilities: bool = False
     dicom_seg: bool = False
     keep_identifiers: bool = False  # the SEG keeps the source's patient and study modules
+    name_by: NameBy = "folder"  # DICOM series: named after their folders, or by their UIDs
     overwrite: bool = False
     recursive: bool = False
     workers: int = 1  # scans read ahead, each in its own thread
@@ -90,7 +91,9 @@ def run(
     """Segment the scans of ``input_dir`` into ``output_dir``; ``model`` identifies the model in
     run.json and in the records ({"path", "folds", "sha256"})."""
     input_dir = Path(input_dir)
-    scans, unusable = find_scans(input_dir, predictor.description.plans.n_channels, options.recursive)
+    scans, unusable = find_scans(
+        input_dir, predictor.description.plans.n_channels, options.recursive, options.name_by
+    )
     if not scans and not unusable:
         raise InputDataError(f"{input_dir}: no scan found (NIfTI, NRRD, MetaImage or DICOM)")
     return predict_scans(predictor, model, scans, unusable, input_dir, Path(output_dir), options, detection)

@@ -7,10 +7,12 @@ so a damaged file becomes one failed scan instead of a failed run.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import pydicom
 
@@ -24,6 +26,8 @@ from pipeline.io.volumes import VOLUME_ENDINGS, case_name, volume_ending
 OUTPUT_ENDING = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha"}
 OUTPUT_ENDING[".mhd"] = ".mha"
 DICOM_OUTPUT_ENDING = ".nii.gz"
+# How DICOM series are named: after their folders, or by their SeriesInstanceUID.
+NameBy = Literal["folder", "uid"]
 # Files that sit beside scans without being one: detached-header data, notes, tables.
 SIDECAR_ENDINGS = (".raw", ".zraw", ".img", ".json", ".txt", ".csv", ".md")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -65,13 +69,15 @@ class Unusable:
 
 
 def find_scans(
-    input_dir: Path, n_channels: int, recursive: bool = False
+    input_dir: Path, n_channels: int, recursive: bool = False, name_by: NameBy = "folder"
 ) -> tuple[list[Scan], list[Unusable]]:
     """Every scan under ``input_dir``, sorted by name: its files, and the DICOM series of its
     subfolders; with ``recursive``, every file of every subfolder, at any depth.
 
     A model with several channels takes the ``_0000`` ... files of a case together, or one file
     holding them all; with one channel, nnU-Net's ``_0000`` suffix is dropped from the name.
+    A DICOM series is named after its folder (which may be a patient's name), or with
+    ``name_by="uid"`` by its SeriesInstanceUID alone (``series_name``).
     """
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
@@ -90,7 +96,15 @@ def find_scans(
         found, problems = _scan_folder(folder, n_channels, "" if prefix == "." else f"{prefix}/", series_only)
         scans += found
         unusable += problems
+    if name_by == "uid":
+        scans = [replace(scan, name=series_name(scan.series.uid)) if scan.series else scan for scan in scans]
     return _without_name_clashes(scans, unusable)
+
+
+def series_name(uid: str) -> str:
+    """A name that tells nothing of where or whose the series is: the first 16 hex digits of
+    its SeriesInstanceUID's SHA-256 (a collision needs some 4 billion series)."""
+    return f"series_{hashlib.sha256(uid.encode()).hexdigest()[:16]}"
 
 
 def _scan_folder(

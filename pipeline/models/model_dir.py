@@ -61,8 +61,10 @@ class ModelDescription:
 
 def save_fold(fold_path: Path, description: ModelDescription, network: nn.Module, **extra) -> None:
     """Weights first, then model.json: a fold directory with a model.json is complete."""
-    with atomic_output(fold_path / WEIGHTS) as tmp:
-        torch.save(network.state_dict(), tmp)
+    # Saved through a file object: given a path, torch names the archive's records after the
+    # (temporary, per-process) file name, and the same weights would differ byte for byte.
+    with atomic_output(fold_path / WEIGHTS) as tmp, tmp.open("wb") as handle:
+        torch.save(network.state_dict(), handle)
     write_json(
         fold_path / MODEL_JSON,
         {
