@@ -7,7 +7,9 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 from pipeline.config import (
@@ -391,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_library_notices()
     try:
         _check_outputs_apart(args)
         return args.func(args) or 0
@@ -398,6 +401,15 @@ def main(argv: list[str] | None = None) -> int:
         # One line, whatever a library put into the reason.
         print(f"resseg {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return err.exit_code
+
+
+def _quiet_library_notices() -> None:
+    """What a user of the command should see is its progress, its results and real problems:
+    Lightning's notices (accelerators found, the model summary, an advertisement for its cloud
+    logger) and a deprecation inside Lightning's own code are neither. Lightning's warnings
+    still show."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 if __name__ == "__main__":

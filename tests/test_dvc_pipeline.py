@@ -54,11 +54,11 @@ socket.getaddrinfo = refuse
 """
 
 
-def run(args: list[str], cwd: Path, **env_vars: str) -> str:
+def run(args: list[str], cwd: Path, with_stderr: bool = False, **env_vars: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env_vars}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return result.stdout + result.stderr if with_stderr else result.stdout
 
 
 @pytest.fixture
@@ -95,8 +95,11 @@ def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
         run([sys.executable, "-c", probe], repo, **no_network)
     (blocker / "attempts.log").unlink()  # the probe's: the blocker works in a child process
 
-    out = run(["dvc", "repro"], repo, **no_network)
+    out = run(["dvc", "repro"], repo, with_stderr=True, **no_network)
     assert not (blocker / "attempts.log").exists(), (blocker / "attempts.log").read_text()
+    # Quiet: stage progress and results, none of the libraries' known notices and deprecations.
+    for noise in ("Warning", "deprecated", "Tip:", "TPU available", "Total params"):
+        assert noise not in out, noise
     for stage in ("synth", "validate", "preprocess", "split", "train@0", "crossval@0", "predict", "evaluate"):
         assert f"Running stage '{stage}'" in out
     # Out-of-fold: fold 0 of 2 holds out 3 of the 6 training cases, each segmented and scored.
