@@ -405,10 +405,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_library_notices() -> None:
     """What a user of the command should see is its progress, its results and real problems:
-    Lightning's notices (accelerators found, the model summary, an advertisement for its cloud
-    logger) and a deprecation inside Lightning's own code are neither. Lightning's warnings
-    still show."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    Lightning's notices (accelerators found, an advertisement for its cloud logger) and a
+    deprecation inside Lightning's own code are neither. Lightning's warnings still show. (Its
+    package logger is reset to INFO when Lightning is imported; this one, which its notices go
+    through, is not.)"""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 

@@ -50,14 +50,14 @@ def closure(modules: set[str]) -> set[Path]:
             path = module_file(".".join(parts[:depth]))
             if path and path not in files:
                 files.add(path)
-                todo.extend(imported_modules(ast.parse(path.read_text())))
+                todo.extend(imported_modules(ast.parse(path.read_text(encoding="utf-8"))))
     return files
 
 
 def command_files() -> dict[str, set[Path]]:
     """Per ``resseg`` subcommand: the files its handler in cli.py can import, through the helpers
     of cli.py it calls, plus what cli.py imports at its top."""
-    tree = ast.parse(CLI.read_text())
+    tree = ast.parse(CLI.read_text(encoding="utf-8"))
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     top_level = imported_modules(
         ast.Module(body=[n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)], type_ignores=[])
@@ -82,7 +82,7 @@ def command_files() -> dict[str, set[Path]]:
 
 def stages() -> dict[str, dict]:
     """dvc.yaml's stages, a foreach stage by its ``do`` template."""
-    spec = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    spec = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     return {name: stage.get("do", stage) for name, stage in spec.items()}
 
 

@@ -165,10 +165,10 @@ def test_two_clones_give_the_same_lock_and_a_code_edit_reruns_the_stages_that_im
     names = {stage: f"{stage}@0" if stage in ("train", "crossval") else stage for stage in stages()}
     for module in ("pipeline/parallel.py", "pipeline/config.py", "pipeline/io/volumes.py"):
         edited = first / module
-        original = edited.read_text()
-        edited.write_text(original + "\n# edited\n")
+        original = edited.read_bytes()
+        edited.write_bytes(original + b"\n# edited\n")
         status = json.loads(run(["dvc", "status", "--json"], first))
-        edited.write_text(original)
+        edited.write_bytes(original)
         expected = {names[stage] for stage in names if REPO_ROOT / module in commands[stage]}
         assert set(status) == expected, module
         assert expected  # every module here is imported by some stage

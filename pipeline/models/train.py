@@ -91,6 +91,7 @@ def run(
         # Each process draws its own patches and validation cases are split in data.py.
         use_distributed_sampler=False,
         log_every_n_steps=min(params.iterations_per_epoch, 50),
+        enable_model_summary=False,  # the fold's summary line says what a user needs
     )
     spacing = list(plans.target_spacing)
     data = PreprocessedDataModule(
