@@ -273,10 +273,11 @@ def read_dicom_seg(path: Path, reference: Volume, labels: dict[int, str]) -> np.
     A segment naming no label of ``labels`` (value -> name) is refused. Where segments overlap,
     the higher label value wins; a FRACTIONAL segment counts where it exceeds one half."""
     try:
-        # Unpacking a BINARY SEG takes a byte per value: its size is checked from the header first.
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        check_input_bytes(path, (header.Columns, header.Rows, int(header.get("NumberOfFrames") or 1)), 1)
-        seg = hd.seg.Segmentation.from_dataset(_without_spacing_hint(pydicom.dcmread(path)), copy=False)
+        # Unpacking a BINARY SEG takes a byte per value: its size is checked from the header
+        # before highdicom reads the (deferred) pixels.
+        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        check_input_bytes(path, (dataset.Columns, dataset.Rows, int(dataset.get("NumberOfFrames") or 1)), 1)
+        seg = hd.seg.Segmentation.from_dataset(_without_spacing_hint(dataset), copy=False)
         numbers = seg.get_segment_numbers()
         names = {number: seg.get_segment_description(number).segment_label for number in numbers}
         segments = seg.get_volume(combine_segments=False, rescale_fractional=True)

@@ -101,13 +101,11 @@ def load_description(model_dir: Path, folds: list[int] | None = None) -> ModelDe
     """The description shared by the chosen folds; folds that disagree are refused, and so are
     folds trained with another recipe (a fold left from an earlier experiment on the same plan
     would otherwise be averaged in silently)."""
-    descriptions = {path: _read_description(path / MODEL_JSON) for path in fold_dirs(model_dir, folds)}
-    (first_path, first), *others = descriptions.items()
-    first_recipe = _recipe(first_path / MODEL_JSON)
-    for path, other in others:
+    read = {path: _read_fold(path / MODEL_JSON) for path in fold_dirs(model_dir, folds)}
+    (first_path, (first, first_recipe)), *others = read.items()
+    for path, (other, recipe) in others:
         if other != first:
             raise InputDataError(f"{path}: network, plan or patch size differs from {first_path}")
-        recipe = _recipe(path / MODEL_JSON)
         if differing := sorted(
             key for key in first_recipe.keys() | recipe.keys() if first_recipe.get(key) != recipe.get(key)
         ):
@@ -209,21 +207,19 @@ def _finite(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return state
 
 
-def _recipe(path: Path) -> dict:
-    """The training parameters that decide what a fold learned (not where it ran)."""
-    training = json.loads(path.read_text()).get("training") or {}
-    return {key: value for key, value in training.items() if key not in TrainParams.RUNTIME}
-
-
-def _read_description(path: Path) -> ModelDescription:
+def _read_fold(path: Path) -> tuple[ModelDescription, dict]:
+    """A fold's model.json: its description, and the training parameters that decide what it
+    learned (not where it ran)."""
     try:
         data = json.loads(path.read_text())
-        return ModelDescription(
+        description = ModelDescription(
             network=parse_network(data["network"]),
             plans=Plans.from_dict(data["plans"]),
             patch_size=list(data["patch_size"]),
         )
+        training = data.get("training") or {}
+        return description, {key: value for key, value in training.items() if key not in TrainParams.RUNTIME}
     except ConfigError as err:
         raise InputDataError(f"{path}: {err}") from None
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise InputDataError(f"{path}: missing or malformed entry ({err})") from None
