@@ -159,13 +159,15 @@ class AugmentationParams(Section):
     mirror_axes: Annotated[list[Annotated[int, Field(ge=0, le=2)]], Field(max_length=3)] = [0, 1, 2]
     noise_prob: Fraction = 0.1
     noise_std: Annotated[float, Field(ge=0)] = 0.1
-    blur_prob: Fraction = 0.2
+    # Blur and low resolution: nnU-Net draws them with 0.2 and 0.25, then each channel with 0.5;
+    # these are the chances that a given channel is changed.
+    blur_prob: Fraction = 0.1
     blur_sigma: Range = [0.5, 1.0]
     brightness_prob: Fraction = 0.15
     brightness_range: Range = [0.75, 1.25]
     contrast_prob: Fraction = 0.15
     contrast_range: Range = [0.75, 1.25]
-    low_resolution_prob: Fraction = 0.25
+    low_resolution_prob: Fraction = 0.125
     low_resolution_zoom: Range = [0.5, 1.0]
     gamma_prob: Fraction = 0.3
     gamma_range: Range = [0.7, 1.5]
