@@ -171,7 +171,9 @@ def plan(cohort_dir: Path):
     if not path.exists():
         params = PreprocessParams()
         cohort = load_cohort(cohort_dir)
-        fingerprints = [fingerprint_case(case, 1, seed) for seed, case in enumerate(cohort.training)]
+        fingerprints = [
+            fingerprint_case(case, 1, cohort.labels, seed) for seed, case in enumerate(cohort.training)
+        ]
         fingerprint = combine(fingerprints, tuple(params.clip_percentiles))
         make_plans(fingerprint, cohort.channel_names, cohort.labels, params).save(path)
     return Plans.load(path)

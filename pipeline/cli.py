@@ -84,6 +84,7 @@ def train(args: argparse.Namespace) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     from pipeline.infer import batch
+    from pipeline.review.flags import Reviewer
 
     options = batch.BatchOptions(
         output_format=args.format,
@@ -98,16 +99,17 @@ def predict(args: argparse.Namespace) -> int:
     )
     params = _params(args)
     result = batch.run(
-        _predictor(args, args.folds),
+        _predictor(args, args.folds, calibrate=args.calibration),
         batch.model_identity(args.model, args.folds),
         args.input,
         args.output,
         options,
         params.evaluate.detection,
+        Reviewer.from_model_dir(args.model, args.folds),
     )
     print(
-        f"{result.n_done} scans segmented, {result.n_skipped} already complete, {len(result.failed)} failed; "
-        f"summary in {Path(args.output) / 'summary.csv'}"
+        f"{result.n_done} scans segmented, {result.n_skipped} already complete, {len(result.failed)} failed, "
+        f"{result.n_to_review} to review; summary in {Path(args.output) / 'summary.csv'}"
     )
     if result.failed:
         print(f"failed: {', '.join(result.failed[:10])}" + (" ..." if len(result.failed) > 10 else ""))
@@ -135,7 +137,9 @@ def crossval(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     from pipeline.evaluate import stage
+    from pipeline.review.model_calibration import Calibration
 
+    temperature = Calibration.read(args.calibration).temperature if args.calibration else 1.0
     metrics = stage.run(
         _evaluate_params(args),
         args.labels,
@@ -144,6 +148,7 @@ def evaluate(args: argparse.Namespace) -> None:
         args.dataset_json,
         args.probabilities,
         args.images,
+        temperature,
     )
     print(f"{metrics['n_cases']} cases, {_dice_summary(metrics)}; report in {Path(args.out) / 'report.html'}")
 
@@ -187,7 +192,31 @@ def _number(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
 
-def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
+def calibrate(args: argparse.Namespace) -> None:
+    from pipeline.review import calibrate as calibrate_stage
+
+    result = calibrate_stage.run(args.crossval, args.cohort, args.out)
+    before, after = result["ece"]["before"], result["ece"]["after"]
+    errors = ", ".join(f"{name} {_number(before[name])} -> {_number(after[name])}" for name in before)
+    print(
+        f"temperature {result['temperature']:.3f} from {result['n_cases']} out-of-fold cases "
+        f"(expected calibration error {errors}); written to {args.out}"
+    )
+
+
+def shift(args: argparse.Namespace) -> None:
+    from pipeline.review import shift as shift_stage
+
+    model = args.model if args.model is not None else _params(args).train.init_from
+    if model is None:
+        shift_stage.write_nothing_to_compare(args.out, args.report)
+        print("no --model and no train.init_from: no model whose training cohort to compare with")
+        return
+    result = shift_stage.run(model, args.cohort, args.out, args.report)
+    print(shift_stage.table(result))
+
+
+def _predictor(args: argparse.Namespace, folds: list[int] | None = None, calibrate: bool = True):
     from pipeline.infer.predictor import Predictor
 
     # Options checked as params.yaml's predict section is: an overlap of 1 or NaN is one line.
@@ -200,6 +229,7 @@ def _predictor(args: argparse.Namespace, folds: list[int] | None = None):
     return Predictor.from_model_dir(
         args.model,
         folds=folds,
+        calibrate=calibrate,
         overlap=params.overlap,
         sw_batch_size=params.sw_batch_size,
         device=args.device,
@@ -245,10 +275,14 @@ def _check_outputs_apart(args: argparse.Namespace) -> None:
     def option(dest: str) -> str:
         return "--" + dest.replace("_", "-")
 
-    check_outputs_apart(
-        {option(dest): getattr(args, dest) for dest in args.outputs},
-        {option(dest): getattr(args, dest) for dest in args.inputs} | {"--params": _params_path(args)},
-    )
+    def named(dests) -> list[tuple[str, Path | None]]:
+        pairs = []
+        for dest in dests:
+            value = getattr(args, dest)
+            pairs += [(option(dest), path) for path in (value if isinstance(value, list) else [value])]
+        return pairs
+
+    check_outputs_apart(named(args.outputs), named(args.inputs) + [("--params", _params_path(args))])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="redo scans whose outputs are complete")
     sub.add_argument("--workers", type=int, default=1, help="scans read ahead in parallel (default 1)")
     sub.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: take every n-th scan from the i-th")
+    sub.add_argument(
+        "--calibration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="apply the model's temperature to the probabilities (default: on, when the model has one)",
+    )
 
     sub = command(
         "crossval",
@@ -366,11 +406,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
     sub = command(
+        "calibrate",
+        calibrate,
+        "fit the model's temperature and review limits on its out-of-fold predictions",
+        ["out"],
+        ["crossval", "cohort"],
+    )
+    sub.add_argument(
+        "--crossval", required=True, type=Path, nargs="+", help="crossval masks folders, or their parent"
+    )
+    sub.add_argument("--cohort", required=True, type=Path, help="the cohort the folds were trained on")
+    sub.add_argument("--out", required=True, type=Path, help="e.g. models/NAME/calibration.json")
+
+    sub = command(
+        "shift",
+        shift,
+        "compare a cohort with the one a model was trained on",
+        ["out", "report"],
+        ["cohort", "model"],
+    )
+    sub.add_argument("--cohort", required=True, type=Path, help="a cohort folder (MSD) or a folder of scans")
+    sub.add_argument(
+        "--model", type=Path, help="model, fold, weights.pt or checkpoint (default: train.init_from)"
+    )
+    sub.add_argument("--out", required=True, type=Path, help="shift.json")
+    sub.add_argument("--report", type=Path, help="an HTML page with a plot per feature")
+
+    sub = command(
         "evaluate",
         evaluate,
         "compare predicted masks with reference labels",
         ["out"],
-        ["labels", "predictions", "dataset_json", "probabilities", "images"],
+        ["labels", "predictions", "dataset_json", "probabilities", "images", "calibration"],
     )
     sub.add_argument("--labels", required=True, type=Path)
     sub.add_argument("--predictions", required=True, type=Path)
@@ -380,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--probabilities", type=Path, help="class probabilities (resseg predict --save-probabilities)"
     )
     sub.add_argument("--images", type=Path, help="the scans, for the report's QC pictures")
+    sub.add_argument(
+        "--calibration",
+        type=Path,
+        help="the model's calibration.json: the calibration error is also reported before its temperature",
+    )
     options = sub.add_argument_group("options overriding the evaluate section of the parameter file")
     options.add_argument("--lesion-labels", help="label names scored as lesions, comma-separated")
     options.add_argument("--nsd-tolerance-mm", type=float)

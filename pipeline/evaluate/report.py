@@ -170,23 +170,30 @@ def write_report(
     per_case_rows: Sequence[Sequence[str]],
     curves: Mapping[str, Mapping[str, Mapping[str, list]]],
     qc_cases: Sequence[QCCase],
+    reliability: Mapping[str, Mapping[str, list]] | None = None,
 ) -> None:
     """Write the page described in the module docstring to ``path``, atomically."""
     detection = metrics.get("detection") or {}
     sections = [
-        f"<h1>{_text(title)}</h1>",
+        f"<h1>{escape(title)}</h1>",
         f"<p>{metrics['n_cases']} cases</p>",
         _segmentation_section(metrics["segmentation"]),
         _detection_section(detection),
         _curves_section(curves, detection),
+        _calibration_section(metrics.get("calibration"), reliability or {}),
         _qc_section(qc_cases, label_names),
         "<h2>Per case</h2>",
         # per_case.csv leaves a score empty where the label is not scored (absent from both masks).
-        _table(per_case_columns, [[cell or DASH for cell in row] for row in per_case_rows]),
+        html_table(per_case_columns, [[cell or DASH for cell in row] for row in per_case_rows]),
     ]
+    write_page(path, title, sections)
+
+
+def write_page(path: Path, title: str, sections: Sequence[str]) -> None:
+    """A self-contained HTML page of ``sections`` (HTML), written atomically."""
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_text(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         + "\n".join(sections)
         + "\n</body>\n</html>\n"
     )
@@ -219,9 +226,9 @@ def _segmentation_section(segmentation: Mapping) -> str:
     ]
     return (
         "<h2>Segmentation</h2>\n"
-        + _table(columns, rows)
-        + f'<p class="note">{_text(STATUS_NOTE)}</p>\n'
-        + _table(["label", *STATUS_COLUMNS.values()], count_rows)
+        + html_table(columns, rows)
+        + f'<p class="note">{escape(STATUS_NOTE)}</p>\n'
+        + html_table(["label", *STATUS_COLUMNS.values()], count_rows)
     )
 
 
@@ -230,7 +237,7 @@ def _detection_section(detection: Mapping[str, Mapping]) -> str:
         return "<h2>Detection</h2>\n<p>No detection metrics in this evaluation.</p>"
     parts = ["<h2>Detection</h2>"]
     for label, metrics in detection.items():
-        parts += [f"<h3>{_text(label)}</h3>", _table(["metric", "value"], _detection_rows(metrics))]
+        parts += [f"<h3>{escape(label)}</h3>", html_table(["metric", "value"], _detection_rows(metrics))]
     return "\n".join(parts)
 
 
@@ -312,9 +319,52 @@ def _curves_section(curves: Mapping[str, Mapping[str, Mapping[str, list]]], dete
             _roc_figure(label_curves["roc"], metrics),
             _case_pr_figure(label_curves["case_pr"], metrics),
         ]
-        images = "".join(_img(_png_data_uri(fig), f"{label}: {fig.axes[0].get_title()}") for fig in pictures)
-        parts += [f"<h3>{_text(label)}</h3>", f'<div class="row">{images}</div>']
+        images = "".join(
+            html_image(png_data_uri(fig), f"{label}: {fig.axes[0].get_title()}") for fig in pictures
+        )
+        parts += [f"<h3>{escape(label)}</h3>", f'<div class="row">{images}</div>']
     return "\n".join(parts)
+
+
+def _calibration_section(calibration: Mapping | None, reliability: Mapping[str, Mapping[str, list]]) -> str:
+    """Expected calibration error per label before and after the model's temperature, and each
+    label's reliability diagram (a calibrated model lies on the diagonal)."""
+    if not calibration:
+        return ""
+    ece = calibration["ece"]
+    rows = [
+        [label, _number(ece["before"][label], 4), _number(ece["after"][label], 4)] for label in ece["after"]
+    ]
+    pictures = "".join(
+        html_image(png_data_uri(_reliability_figure(label, bins)), f"{label}: reliability diagram")
+        for label, bins in reliability.items()
+    )
+    return (
+        "<h2>Calibration</h2>"
+        f"<p>Temperature {calibration['temperature']:.3f}; expected calibration error over the box around "
+        "each case's structures, mean over cases.</p>"
+        + html_table(["label", "ECE before", "ECE after"], rows)
+        + f'<div class="row">{pictures}</div>'
+    )
+
+
+def _reliability_figure(label: str, bins: Mapping[str, list]) -> Figure:
+    fig = Figure(figsize=(3.6, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    for when, colour in (("before", "0.45"), ("after", "tab:blue")):
+        filled = [b for b in bins[when] if b["count"]]
+        ax.plot(
+            [b["mean_confidence"] for b in filled],
+            [b["frequency"] for b in filled],
+            "o-",
+            color=colour,
+            label=when,
+        )
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed frequency")
+    ax.set_title(f"{label}: reliability", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
 
 
 def _froc_figure(curve: Mapping[str, list], metrics: Mapping | None) -> Figure:
@@ -407,9 +457,9 @@ def _qc_section(qc_cases: Sequence[QCCase], label_names: Mapping[int, str]) -> s
             f"Slices through the largest {focus} region of the reference (else of the prediction, "
             f"else of any label). {CONVENTION}"
         )
-        picture = _img(_png_data_uri(_qc_figure(qc, label_names)), caption)
+        picture = html_image(png_data_uri(_qc_figure(qc, label_names)), caption)
         parts.append(
-            f'<figure>{picture}<figcaption>{_text(caption)}<br><span class="note">{_text(note)}</span>'
+            f'<figure>{picture}<figcaption>{escape(caption)}<br><span class="note">{escape(note)}</span>'
             "</figcaption></figure>"
         )
     return "\n".join(parts)
@@ -492,22 +542,22 @@ def _largest_component_centre(mask: np.ndarray) -> tuple[int, int, int]:
 # --- HTML ------------------------------------------------------------------------------------------
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    header = "".join(f"<th>{_text(c)}</th>" for c in columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{_text(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    header = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     table = f"<table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
     return f'<div class="scroll">{table}</div>'
 
 
-def _img(data_uri: str, alt: str) -> str:
-    return f'<img src="{data_uri}" alt="{_text(alt)}">'
+def html_image(data_uri: str, alt: str) -> str:
+    return f'<img src="{data_uri}" alt="{escape(alt)}">'
 
 
-def _png_data_uri(fig: Figure) -> str:
+def png_data_uri(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _text(value: str) -> str:
+def escape(value: str) -> str:
     return html.escape(str(value))

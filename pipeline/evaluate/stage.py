@@ -20,12 +20,13 @@ import numpy as np
 
 from pipeline.config import EvaluateParams
 from pipeline.errors import ConfigError, InputDataError
+from pipeline.evaluate.calibration import calibration_errors, reliability_bins, undo_temperature
 from pipeline.evaluate.case import CaseFiles, CaseResult, evaluate_case
 from pipeline.evaluate.detection import case_score, detection_metrics
 from pipeline.evaluate.report import QCCase, select_qc_cases, write_report
 from pipeline.evaluate.segmentation import NOT_SCORED, PREDICTION_EMPTY, REFERENCE_EMPTY, STATUSES
 from pipeline.evaluate.statistics import summarize
-from pipeline.io import atomic_output, read_volume, write_json
+from pipeline.io import atomic_output, read_probabilities, read_volume, write_json
 from pipeline.io.volumes import case_name, volume_ending
 
 # per_case.csv: these columns for each label, suffixed with its name ("dice_organ") ...
@@ -47,10 +48,18 @@ def run(
     dataset_json: str | Path | None = None,
     probabilities_dir: str | Path | None = None,
     images_dir: str | Path | None = None,
+    temperature: float = 1.0,
 ) -> dict:
+    """``temperature``: the one the probabilities were calibrated with (the model's), so that the
+    calibration error can be reported before and after it."""
     cases = match_cases(Path(labels_dir), Path(predictions_dir), probabilities_dir, images_dir)
     return evaluate_cases(
-        params, cases, out_dir, dataset_json, title=f"{predictions_dir} against {labels_dir}"
+        params,
+        cases,
+        out_dir,
+        dataset_json,
+        title=f"{predictions_dir} against {labels_dir}",
+        temperature=temperature,
     )
 
 
@@ -91,6 +100,7 @@ def evaluate_cases(
     out_dir: str | Path,
     dataset_json: str | Path | None = None,
     title: str = "evaluation",
+    temperature: float = 1.0,
 ) -> dict:
     """Evaluate ``cases`` and write every output of the stage to ``out_dir``; returns metrics.json."""
     names = _label_names(dataset_json)
@@ -120,6 +130,11 @@ def evaluate_cases(
         )
         curves[_name(names, value)] = detection.pop("curves")
         metrics["detection"][_name(names, value)] = detection
+    reliability = {}
+    if cases and all(files.probabilities is not None for files in cases):
+        metrics["calibration"], reliability = calibration_summary(
+            cases, {v: _name(names, v) for v in label_values}, temperature
+        )
 
     out_dir = Path(out_dir)
     columns, rows = _per_case_table(params, results, label_values, lesion_values, names)
@@ -141,9 +156,61 @@ def evaluate_cases(
         per_case_columns=columns,
         per_case_rows=rows,
         curves=curves,
+        reliability=reliability,
         qc_cases=_qc_cases(cases, results, lesion_values or label_values),
     )
     return metrics
+
+
+def calibration_summary(
+    cases: list[CaseFiles], label_names: dict[int, str], temperature: float
+) -> tuple[dict, dict]:
+    """Each label's expected calibration error (evaluate/calibration.py) averaged over the cases,
+    of the probabilities as given (``after`` the model's temperature) and as its networks gave
+    them (``before``: the temperature undone); and the reliability bins pooled over the cases."""
+    errors = {when: {v: [] for v in label_names} for when in ("before", "after")}
+    pooled = {when: {v: None for v in label_names} for when in ("before", "after")}
+    for files in cases:
+        after = read_probabilities(files.probabilities)
+        reference = np.asarray(read_volume(files.reference).array)
+        for when, probabilities in (("after", after), ("before", undo_temperature(after, temperature))):
+            for value, error in calibration_errors(probabilities, reference).items():
+                if error is not None and value in label_names:
+                    errors[when][value].append(error)
+            for value in label_names:
+                bins = reliability_bins(probabilities, reference, value)
+                pooled[when][value] = _pooled(pooled[when][value], bins)
+    summary = {
+        "temperature": temperature,
+        "ece": {
+            when: {
+                name: float(np.mean(errors[when][v])) if errors[when][v] else None
+                for v, name in label_names.items()
+            }
+            for when in errors
+        },
+    }
+    reliability = {name: {when: pooled[when][v] for when in pooled} for v, name in label_names.items()}
+    return summary, reliability
+
+
+def _pooled(total: list[dict] | None, bins: list[dict]) -> list[dict]:
+    """Reliability bins of several cases as one: counts added, means weighted by them."""
+    if total is None:
+        return bins
+    pooled = []
+    for a, b in zip(total, bins, strict=True):
+        count = a["count"] + b["count"]
+        pooled.append(
+            {"low": a["low"], "high": a["high"], "count": count}
+            | {
+                key: (a[key] or 0) * a["count"] / count + (b[key] or 0) * b["count"] / count
+                if count
+                else None
+                for key in ("mean_confidence", "frequency")
+            }
+        )
+    return pooled
 
 
 def _segmentation_summary(

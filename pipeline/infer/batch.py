@@ -46,6 +46,10 @@ from pipeline.infer.predictor import Predictor
 from pipeline.io import Volume, atomic_output, write_json
 from pipeline.io.atomic import MAX_NAME_BYTES, TEMPORARY_MARK, remove_stale_temporaries
 from pipeline.models.model_dir import MODEL_JSON, WEIGHTS, fold_dirs
+from pipeline.review.flags import COLUMNS as REVIEW_COLUMNS
+from pipeline.review.flags import Reviewer
+from pipeline.review.model_calibration import CALIBRATION_JSON
+from pipeline.review.profile import PROFILE_JSON
 
 RECORDS_FOLDER = ".records"
 FORMAT_ENDINGS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
@@ -74,6 +78,7 @@ class BatchResult:
     n_done: int  # segmented by this run
     n_skipped: int  # complete from an earlier run
     failed: list[str]  # names of the scans (or unusable inputs) that failed
+    n_to_review: int = 0  # scans of the folder whose review column says yes
 
     @property
     def all_succeeded(self) -> bool:
@@ -87,16 +92,20 @@ def run(
     output_dir: str | Path,
     options: BatchOptions,
     detection: DetectionParams,
+    reviewer: Reviewer | None = None,
 ) -> BatchResult:
     """Segment the scans of ``input_dir`` into ``output_dir``; ``model`` identifies the model in
-    run.json and in the records ({"path", "folds", "sha256"})."""
+    run.json and in the records ({"path", "folds", "sha256"}); ``reviewer`` adds the review
+    columns (pipeline/review/flags.py)."""
     input_dir = Path(input_dir)
     scans, unusable = find_scans(
         input_dir, predictor.description.plans.n_channels, options.recursive, options.name_by
     )
     if not scans and not unusable:
         raise InputDataError(f"{input_dir}: no scan found (NIfTI, NRRD, MetaImage or DICOM)")
-    return predict_scans(predictor, model, scans, unusable, input_dir, Path(output_dir), options, detection)
+    return predict_scans(
+        predictor, model, scans, unusable, input_dir, Path(output_dir), options, detection, reviewer
+    )
 
 
 def predict_scans(
@@ -108,6 +117,7 @@ def predict_scans(
     output_dir: Path,
     options: BatchOptions,
     detection: DetectionParams,
+    reviewer: Reviewer | None = None,
 ) -> BatchResult:
     """Segment this shard's share of ``scans`` (inputs named relative to ``input_root``), then
     write summary.csv over all of them and run.json."""
@@ -121,31 +131,37 @@ def predict_scans(
     scans, clashing = _without_shared_outputs(output_dir, scans, options)
     unusable = unusable + clashing
     _check_writable(output_dir)
-    signature = _signature(model, predictor, options, detection)
+    signature = _signature(model, predictor, options, detection, reviewed=reviewer is not None)
     mine = scans[index::count]
     todo = [s for s in mine if options.overwrite or not _is_complete(output_dir, s, options, signature)]
 
     if count == 1:  # a shard cannot tell another shard's file in progress from a killed run's
         remove_stale_temporaries(output_dir)
 
-    step = _ScanStep(predictor, input_root, output_dir, options, signature, lesion_values, detection)
+    step = _ScanStep(
+        predictor, input_root, output_dir, options, signature, lesion_values, detection, reviewer
+    )
     failed_scans = []
     with tqdm(total=len(todo), unit="scan", desc="predict", mininterval=1.0, file=sys.stderr) as progress:
         for scan, ok in step.run_all(todo):
             failed_scans += [] if ok else [scan.name]
             progress.set_postfix(failed=len(failed_scans), refresh=False)
             progress.update()
-    write_summary(output_dir, scans, unusable, labels, lesion_values)
+    rows = write_summary(output_dir, scans, unusable, labels, lesion_values, reviewed=reviewer is not None)
     write_json(output_dir / "run.json", _run_record(model, predictor, options, detection, len(scans)))
     failed = sorted([u.name for u in unusable] + failed_scans)
-    return BatchResult(len(mine), len(todo) - len(failed_scans), len(mine) - len(todo), failed)
+    to_review = sum(row.get("review") == "yes" for row in rows)
+    return BatchResult(len(mine), len(todo) - len(failed_scans), len(mine) - len(todo), failed, to_review)
 
 
 class _ScanStep:
     """Read, predict and write the scans of one run, reading ahead and writing behind."""
 
-    def __init__(self, predictor, input_root, output_dir, options, signature, lesion_values, detection):
+    def __init__(
+        self, predictor, input_root, output_dir, options, signature, lesion_values, detection, reviewer
+    ):
         self.predictor = predictor
+        self.reviewer = reviewer
         self.input_root = input_root
         self.output_dir = output_dir
         self.options = options
@@ -179,11 +195,22 @@ class _ScanStep:
                 if writing is not None:
                     yield writing[0], writing[1].result()
                 seconds = read_seconds + time.perf_counter() - started
-                writing = (scan, writer.submit(self._write, scan, volumes[0], prediction, seconds, identity))
+                review = self._review(volumes, prediction)
+                writing = (
+                    scan,
+                    writer.submit(self._write, scan, volumes[0], prediction, seconds, identity, review),
+                )
             if writing is not None:
                 yield writing[0], writing[1].result()
 
-    def _write(self, scan: Scan, volume: Volume, prediction, seconds: float, identity: str) -> bool:
+    def _review(self, volumes: list[Volume], prediction) -> dict:
+        if self.reviewer is None:
+            return {}
+        return self.reviewer.review(volumes, prediction.uncertainty, prediction.fold_disagreement)
+
+    def _write(
+        self, scan: Scan, volume: Volume, prediction, seconds: float, identity: str, review: dict
+    ) -> bool:
         started = time.perf_counter()
         outputs = _outputs(self.output_dir, scan, self.options)
         try:
@@ -199,7 +226,7 @@ class _ScanStep:
         except Exception as err:  # a full or read-only disk fails this scan's writing, not the run
             self._record(scan, _reason(scan, err), seconds + time.perf_counter() - started)
             return False
-        report = {"input_identity": identity} | self._report(volume, prediction)
+        report = {"input_identity": identity} | self._report(volume, prediction) | review
         self._record(scan, None, seconds + time.perf_counter() - started, outputs, report)
         return True
 
@@ -247,10 +274,13 @@ def write_summary(
     unusable: list[Unusable],
     labels: dict[int, str],
     lesion_values: list[int],
-) -> None:
+    reviewed: bool = False,
+) -> list[dict]:
     """summary.csv: one row per scan of the folder, from its record (``pending`` without one),
-    and one ``error`` row per input that is not a scan."""
+    and one ``error`` row per input that is not a scan; ``reviewed`` adds the review columns.
+    Returns the rows."""
     columns = ["scan", "status", "error", "warning", "input", "output"]
+    columns += REVIEW_COLUMNS if reviewed else []
     columns += [f"volume_ml_{name}" for v, name in labels.items() if v]
     columns += [f"{kind}_{labels[v]}" for v in lesion_values for kind in ("lesions", "case_score")]
     rows = []
@@ -268,15 +298,19 @@ def write_summary(
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda row: row["scan"]))
+    return rows
 
 
 def model_identity(model_dir: Path, folds: list[int] | None = None) -> dict:
     """The model as run.json and the records name it; its SHA-256 covers the chosen folds'
-    model.json and weights, so equal hashes mean equal predictions."""
+    model.json, weights and training cohort profile and the model's calibration, so equal hashes
+    mean equal predictions and review columns."""
     digest = hashlib.sha256()
     for path in fold_dirs(Path(model_dir), folds):
-        for name in (MODEL_JSON, WEIGHTS):
-            digest.update((path / name).read_bytes())
+        for name in (MODEL_JSON, WEIGHTS, PROFILE_JSON):
+            digest.update((path / name).read_bytes() if (path / name).is_file() else b"")
+    calibration = Path(model_dir) / CALIBRATION_JSON
+    digest.update(calibration.read_bytes() if calibration.is_file() else b"")
     return {"path": str(model_dir), "folds": folds, "sha256": digest.hexdigest()}
 
 
@@ -408,12 +442,15 @@ def _record_path(output_dir: Path, name: str) -> Path:
     return output_dir / RECORDS_FOLDER / record
 
 
-def _signature(model: dict, predictor: Predictor, options: BatchOptions, detection: DetectionParams) -> str:
-    """What makes two runs' outputs of a scan the same: model, sliding-window settings, formats,
-    and the detection parameters behind the lesion columns of its record."""
-    parts = (model["sha256"], predictor.overlap, predictor.mirror, predictor.precision,
+def _signature(
+    model: dict, predictor: Predictor, options: BatchOptions, detection: DetectionParams, reviewed: bool
+) -> str:
+    """What makes two runs' outputs of a scan the same: model, sliding-window settings, the
+    calibration, formats, the detection parameters behind the lesion columns of its record, and
+    whether it has the review columns."""
+    parts = (model["sha256"], predictor.overlap, predictor.mirror, predictor.precision, predictor.temperature,
              options.output_format, options.save_probabilities, options.dicom_seg,
-             json.dumps(detection.model_dump(), sort_keys=True))  # fmt: skip
+             json.dumps(detection.model_dump(), sort_keys=True), reviewed)  # fmt: skip
     return "|".join(str(p) for p in parts)
 
 

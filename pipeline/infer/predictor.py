@@ -17,11 +17,14 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.evaluate.calibration import apply_temperature
 from pipeline.infer.memory import check_device_memory, prediction_bytes, window_bytes
 from pipeline.io import Volume
 from pipeline.models.model_dir import ModelDescription, load_description, load_fold_networks
 from pipeline.preprocess.reader import VolumeReader
 from pipeline.preprocess.transforms import build_preprocessing
+from pipeline.review.model_calibration import Calibration
+from pipeline.review.uncertainty import fold_disagreement, foreground_entropy
 
 # The spatial axes of a (batch, channel, x, y, z) window, and every non-empty set of them:
 # nnU-Net's mirroring test-time augmentation averages the network over these 7 flips and none.
@@ -36,7 +39,9 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass(frozen=True)
 class Prediction:
     label: np.ndarray  # uint8, the scan's own voxel grid
-    probabilities: np.ndarray  # float32, (classes, *grid)
+    probabilities: np.ndarray  # float32, (classes, *grid); calibrated when the model has a temperature
+    uncertainty: float | None = None  # review/uncertainty.py, of the probabilities before calibration
+    fold_disagreement: float | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,8 +80,12 @@ class Predictor:
         device: str = "auto",
         mirror: bool = False,
         precision: Precision = "auto",
+        temperature: float = 1.0,
     ):
+        """``temperature``: the calibration fitted on the model's out-of-fold predictions
+        (review/calibrate.py); 1 leaves the probabilities as the networks give them."""
         self.description = description
+        self.temperature = temperature
         self.device = resolve_device(device)
         self.networks = [network.to(self.device).eval() for network in networks]
         self.overlap = overlap
@@ -94,9 +103,15 @@ class Predictor:
         self.activation_bytes = activations if self.device.type == "cpu" else 0
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, folds: list[int] | None = None, **options) -> Predictor:
+    def from_model_dir(
+        cls, model_dir: str | Path, folds: list[int] | None = None, calibrate: bool = True, **options
+    ) -> Predictor:
+        """``calibrate``: apply the model directory's temperature, when it has one."""
         description = load_description(Path(model_dir), folds)
-        return cls(description, load_fold_networks(Path(model_dir), description, folds), **options)
+        calibration = Calibration.load(Path(model_dir)) if calibrate else None
+        temperature = calibration.temperature if calibration else 1.0
+        networks = load_fold_networks(Path(model_dir), description, folds)
+        return cls(description, networks, temperature=temperature, **options)
 
     @torch.no_grad()
     def predict(self, channels: Volume | Sequence[Volume]) -> Prediction:
@@ -107,9 +122,13 @@ class Predictor:
         # The volume stays in host memory; only the windows go to the device.
         batch = image.as_tensor().unsqueeze(0)
         probabilities = self._window_probabilities(self.networks[0], batch)
+        fold_foregrounds = [_foreground(probabilities)] if len(self.networks) > 1 else []
         for network in self.networks[1:]:
-            probabilities += self._window_probabilities(network, batch)
+            fold = self._window_probabilities(network, batch)
+            fold_foregrounds.append(_foreground(fold))
+            probabilities += fold
         probabilities /= len(self.networks)
+        disagreement = fold_disagreement(fold_foregrounds, _foreground(probabilities))
         data["probabilities"] = MetaTensor(
             probabilities[0], meta=image.meta, applied_operations=image.applied_operations
         )
@@ -119,7 +138,12 @@ class Predictor:
         restored[0] += (1 - restored.sum(0)).clamp(min=0)
         # max().indices, not argmax(): the same first maximum, over 10x faster across channels.
         label = restored.max(0).indices.to(torch.uint8).numpy()
-        return Prediction(label=label, probabilities=restored.numpy())
+        restored = restored.numpy()
+        uncertainty = foreground_entropy(restored, label)
+        # After the mask: the temperature keeps every voxel's order of classes, and so the mask,
+        # but a tie between two classes that it rounds apart must not change a voxel.
+        calibrated = apply_temperature(restored, self.temperature)
+        return Prediction(label, calibrated, uncertainty, disagreement)
 
     def memory_needed(self, channels: Sequence[Volume]) -> int:
         """Bytes of host memory that predicting this scan takes, at most (memory.py)."""
@@ -157,6 +181,11 @@ class Predictor:
             return logits / (len(mirrors) + 1)
 
         return forward
+
+
+def _foreground(probabilities: torch.Tensor) -> np.ndarray:
+    """Voxels whose most probable class is not the background, of a (1, classes, ...) batch."""
+    return (probabilities[0].max(0).indices > 0).numpy()
 
 
 def as_meta_tensor(volumes: Sequence[Volume]) -> MetaTensor:

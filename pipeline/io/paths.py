@@ -13,11 +13,14 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 
 
-def check_outputs_apart(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+def check_outputs_apart(
+    outputs: list[tuple[str, Path | None]], inputs: list[tuple[str, Path | None]]
+) -> None:
     """Refuse, before anything is done, an output (named by its option) that is an input, holds
-    one, or lies inside an input folder: writing it would overwrite or delete the input."""
-    for out_option, output in outputs.items():
-        for in_option, source in inputs.items():
+    one, or lies inside an input folder: writing it would overwrite or delete the input. An option
+    may name several paths (one pair each)."""
+    for out_option, output in outputs:
+        for in_option, source in inputs:
             if output is None or source is None:
                 continue
             relation = _relation(Path(output), Path(source))

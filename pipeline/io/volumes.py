@@ -393,6 +393,24 @@ def _nifti_image(array: np.ndarray, affine: np.ndarray, nifti: NiftiForms | None
     return image
 
 
+def read_probabilities(path: str | Path) -> np.ndarray:
+    """Every class's probabilities from a file of ``write_probabilities``: (classes, x, y, z) float32."""
+    path = Path(path)
+    try:
+        image = nib.load(path)
+        if len(image.shape) != 4:
+            raise InputDataError(
+                f"{path}: expected class probabilities on the 4th axis, got shape {image.shape}"
+            )
+        return np.moveaxis(np.asarray(image.dataobj, dtype=np.float32), -1, 0)
+    except InputDataError:
+        raise
+    except FileNotFoundError:
+        raise InputDataError(f"{path}: file not found") from None
+    except Exception as err:
+        raise InputDataError(f"{path}: cannot be read as probabilities ({err.__class__.__name__})") from None
+
+
 def read_probability(path: str | Path, label: int) -> Volume:
     """The probability map of one class (label value) from a file of ``write_probabilities``."""
     path = Path(path)

@@ -4,6 +4,7 @@ models/<name>/fold_<k>/
     model.json           network, plan (preprocessing + labels), patch size, resolved training
                          parameters, fold, best validation Dice, what init_from loaded
     weights.pt           the best checkpoint's network weights (tensors only)
+    cohort_profile.json  what the training cohort looked like (no patient data; pipeline/review)
     checkpoints/         Lightning's best.ckpt and last.ckpt, for resuming
 
 Each fold directory is complete on its own (DVC writes one per stage); a model is the set of
@@ -28,6 +29,7 @@ from pipeline.io import atomic_output, write_json
 from pipeline.models.networks import build_network
 from pipeline.preprocess.plans import Plans
 from pipeline.preprocess.reader import MAX_CHANNELS
+from pipeline.review.profile import PROFILE_JSON, CohortProfile
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
@@ -59,12 +61,21 @@ class ModelDescription:
         )
 
 
-def save_fold(fold_path: Path, description: ModelDescription, network: nn.Module, **extra) -> None:
-    """Weights first, then model.json: a fold directory with a model.json is complete."""
+def save_fold(
+    fold_path: Path,
+    description: ModelDescription,
+    network: nn.Module,
+    profile: CohortProfile | None = None,
+    **extra,
+) -> None:
+    """Weights and the training cohort's profile first, then model.json: a fold directory with a
+    model.json is complete."""
     # Saved through a file object: given a path, torch names the archive's records after the
     # (temporary, per-process) file name, and the same weights would differ byte for byte.
     with atomic_output(fold_path / WEIGHTS) as tmp, tmp.open("wb") as handle:
         torch.save(network.state_dict(), handle)
+    if profile is not None:
+        profile.save(fold_path / PROFILE_JSON)
     write_json(
         fold_path / MODEL_JSON,
         {

@@ -29,6 +29,7 @@ from pipeline.models.module import SegmentationModule
 from pipeline.models.networks import encoder_parameter_names
 from pipeline.models.transfer import initialise_from
 from pipeline.preprocess.plans import Plans
+from pipeline.review.profile import PROFILE_JSON, CohortProfile
 
 
 def run(
@@ -113,11 +114,18 @@ def run(
             fold_path,
             description,
             network.cpu(),
+            _training_profile(preprocessed_dir),
             training=params.model_dump(),
             init_from=init_report,
             **summary,
         )
     return summary
+
+
+def _training_profile(preprocessed_dir: Path) -> CohortProfile | None:
+    """The profile that preprocessing wrote; None for a folder preprocessed before it did."""
+    path = preprocessed_dir / PROFILE_JSON
+    return CohortProfile.load(path) if path.is_file() else None
 
 
 def _signature(params: TrainParams, description: ModelDescription, fold_cases: dict) -> str:

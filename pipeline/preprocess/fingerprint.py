@@ -8,6 +8,7 @@ import numpy as np
 
 from pipeline.cohort.dataset import Case
 from pipeline.io import read_volume
+from pipeline.review.features import ScanDescription, describe, label_features
 
 # Foreground voxels sampled per case and channel: enough for stable percentiles, bounded memory.
 SAMPLES_PER_CASE = 10_000
@@ -19,6 +20,8 @@ class CaseFingerprint:
     spacing: list[float]  # per RAS axis
     shape: list[int]  # per RAS axis, after cropping to the non-zero box as preprocessing does
     foreground_samples: np.ndarray  # (channels, n)
+    description: ScanDescription  # what the model directory remembers of it (pipeline/review)
+    label_features: dict
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class Fingerprint:
         }
 
 
-def fingerprint_case(case: Case, n_channels: int, seed: int) -> CaseFingerprint:
+def fingerprint_case(case: Case, n_channels: int, labels: dict[int, str], seed: int) -> CaseFingerprint:
     """Measured in the RAS frame that preprocessing brings the case to, so that a cohort whose
     files store their axes in different orders (sagittal acquisitions, slices-first converters)
     is planned per anatomical axis; the foreground is sampled in that frame's voxel order too,
@@ -60,7 +63,14 @@ def fingerprint_case(case: Case, n_channels: int, seed: int) -> CaseFingerprint:
     samples = np.stack(
         [np.asarray(channels[..., c][foreground], np.float64)[chosen] for c in range(n_channels)]
     )
-    return CaseFingerprint(case.name, list(image.spacing), _nonzero_box_shape(channels), samples)
+    return CaseFingerprint(
+        case.name,
+        list(image.spacing),
+        _nonzero_box_shape(channels),
+        samples,
+        describe(image),
+        label_features(np.asarray(label.array), label.spacing, labels),
+    )
 
 
 def combine(cases: list[CaseFingerprint], percentiles: tuple[float, float]) -> Fingerprint:

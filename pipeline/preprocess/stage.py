@@ -2,6 +2,7 @@
 
 Output folder:
     plans.json             the plan (see plans.py), the fingerprint and per-case properties
+    cohort_profile.json    the training cohort's features, which the model keeps (pipeline/review)
     <case>_image.npy       float32, (channels, x, y, z), RAS, target spacing, normalised
     <case>_label.npy       uint8, (1, x, y, z), same grid
 
@@ -26,6 +27,7 @@ from pipeline.preprocess.fingerprint import combine, fingerprint_case
 from pipeline.preprocess.planner import make_plans
 from pipeline.preprocess.plans import Plans
 from pipeline.preprocess.transforms import build_preprocessing
+from pipeline.review.profile import PROFILE_JSON, CohortProfile
 
 
 def run(
@@ -37,7 +39,7 @@ def run(
     n_channels = len(cohort.channel_names)
     fingerprints = map_cases(
         fingerprint_case,
-        [(case, n_channels, seed) for seed, case in enumerate(cases)],
+        [(case, n_channels, cohort.labels, seed) for seed, case in enumerate(cases)],
         params.num_workers,
         "fingerprint",
     )
@@ -51,6 +53,10 @@ def run(
             preprocess_case, [(plans, case, tmp) for case in cases], params.num_workers, "preprocess"
         )
         plans.save(tmp / "plans.json", fingerprint=fingerprint.to_dict(), cases=properties)
+        profile = CohortProfile.build(
+            [case.description for case in fingerprints], [case.label_features for case in fingerprints]
+        )
+        profile.save(tmp / PROFILE_JSON)
     return plans
 
 

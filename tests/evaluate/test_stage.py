@@ -201,9 +201,12 @@ def test_detection_metrics_from_probability_maps(tmp_path):
     for curve in ("lesion_pr", "roc", "case_pr"):
         assert (tmp_path / f"out/curves/lesion/{curve}.csv").is_file()
     assert json.loads((tmp_path / "out/metrics.json").read_text()) == metrics
-    # Four curves of the lesion label, then QC pictures of the best (c), median (a) and worst (d) case.
+    # Four curves of the lesion label, a reliability diagram per label (given probabilities), then
+    # QC pictures of the best (c), median (a) and worst (d) case.
     report = (tmp_path / "out/report.html").read_text(encoding="utf-8")
-    assert report.count("data:image/png") == 4 + 3
+    assert report.count("data:image/png") == 4 + 2 + 3
+    assert metrics["calibration"]["temperature"] == 1.0
+    assert metrics["calibration"]["ece"]["before"] == metrics["calibration"]["ece"]["after"]
     assert report.index("best: c") < report.index("median: a") < report.index("worst: d")
 
 

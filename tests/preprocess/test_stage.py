@@ -17,14 +17,17 @@ from pipeline.preprocess.fingerprint import SAMPLES_PER_CASE, combine, fingerpri
 
 
 def test_fingerprint_matches_hand_computed_statistics(cohort_dir):
-    cases = load_cohort(cohort_dir).training[:2]
+    cohort = load_cohort(cohort_dir)
+    cases = cohort.training[:2]
     volumes = [(read_volume(c.image).array, read_volume(c.label).array) for c in cases]
     # Small organs: every foreground voxel is used, so the statistics are exact.
     assert all((label > 0).sum() <= SAMPLES_PER_CASE for _, label in volumes)
     foreground = np.concatenate([image[label > 0].astype(float) for image, label in volumes])
     low, high = np.percentile(foreground, [0.5, 99.5])
 
-    fingerprint = combine([fingerprint_case(case, 1, seed=i) for i, case in enumerate(cases)], (0.5, 99.5))
+    fingerprint = combine(
+        [fingerprint_case(case, 1, cohort.labels, seed=i) for i, case in enumerate(cases)], (0.5, 99.5)
+    )
     (stats,) = fingerprint.channels
     assert stats.percentile_low == pytest.approx(low) and stats.percentile_high == pytest.approx(high)
     assert stats.mean == pytest.approx(np.clip(foreground, low, high).mean())

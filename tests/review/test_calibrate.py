@@ -1,0 +1,94 @@
+"""The calibrate stage on out-of-fold predictions whose miscalibration is known: labels drawn
+from softmax(z), predictions softmax(3 z), three times over-confident. The temperature found is
+3, the calibration error drops, and resseg predict applies it without changing a mask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cohort.dataset import load_cohort
+from pipeline.errors import InputDataError
+from pipeline.infer.outputs import PROBABILITIES_FOLDER
+from pipeline.io import read_volume, write_probabilities, write_volume
+from pipeline.review import calibrate
+from pipeline.review.model_calibration import Calibration
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True)
+
+
+@pytest.fixture
+def over_confident_crossval(cohort, tmp_path):
+    """Each training case's label redrawn from smooth random logits z; its out-of-fold
+    probabilities softmax(3 z), stored as resseg crossval stores them (two folds)."""
+    rng = np.random.default_rng(0)
+    found = load_cohort(cohort)
+    for index, case in enumerate(found.training):
+        reference = read_volume(case.label)
+        logits = rng.normal(0, 1.0, (3, *reference.shape)).astype(np.float32)
+        logits[1:] += 0.5  # foreground as often as background, so every class is calibrated
+        p = softmax(logits)
+        draw = rng.random(reference.shape)
+        label = (draw > p[0]).astype(np.uint8) + (draw > p[0] + p[1]).astype(np.uint8)
+        write_volume(case.label, label, reference.affine)
+        fold = tmp_path / "crossval" / f"fold_{index % 2}" / PROBABILITIES_FOLDER
+        fold.mkdir(parents=True, exist_ok=True)
+        write_probabilities(fold / f"{case.name}.nii.gz", softmax(3 * logits), reference.affine)
+    return tmp_path / "crossval"
+
+
+def test_the_temperature_of_a_three_times_over_confident_model_is_three(
+    over_confident_crossval, cohort, tmp_path
+):
+    out = tmp_path / "model" / "calibration.json"
+    result = calibrate.run([over_confident_crossval], cohort, out)
+    assert result["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert result["n_cases"] == len(load_cohort(cohort).training)  # both folds found under the parent
+    for label in ("organ", "lesion"):
+        assert result["ece"]["after"][label] < 0.3 * result["ece"]["before"][label]
+    assert result["uncertainty"]["limit"] > max(result["uncertainty"]["out_of_fold"])
+    loaded = Calibration.load(out.parent)
+    assert loaded == Calibration(result["temperature"], result["uncertainty"]["limit"])
+
+
+def test_a_model_without_calibration_has_none_and_a_damaged_one_is_one_line(tmp_path):
+    assert Calibration.load(tmp_path) is None
+    (tmp_path / "calibration.json").write_text(
+        json.dumps({"temperature": -1, "uncertainty": {"limit": None}})
+    )
+    with pytest.raises(InputDataError, match="temperature is -1.0, expected a positive number"):
+        Calibration.load(tmp_path)
+    (tmp_path / "calibration.json").write_text("{}")
+    with pytest.raises(InputDataError, match="not a calibration written by resseg calibrate"):
+        Calibration.load(tmp_path)
+
+
+def test_a_crossval_folder_without_probabilities_is_named(cohort, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputDataError, match=r"empty: no probabilities/\*\.nii\.gz"):
+        calibrate.run([tmp_path / "empty"], cohort, tmp_path / "calibration.json")
+
+
+def test_predict_applies_the_temperature_without_changing_the_mask(random_model, cohort_dir):
+    from pipeline.evaluate.calibration import apply_temperature
+    from pipeline.infer.predictor import Predictor
+
+    scan = read_volume(load_cohort(cohort_dir).test[0].image)
+    (random_model / "calibration.json").write_text(
+        json.dumps({"temperature": 2.0, "uncertainty": {"limit": 0.5}})
+    )
+    calibrated = Predictor.from_model_dir(random_model, device="cpu", precision="fp32").predict(scan)
+    plain = Predictor.from_model_dir(random_model, calibrate=False, device="cpu", precision="fp32").predict(
+        scan
+    )
+    np.testing.assert_array_equal(calibrated.label, plain.label)
+    np.testing.assert_allclose(
+        calibrated.probabilities, apply_temperature(plain.probabilities, 2.0), atol=1e-6
+    )
+    assert not np.allclose(calibrated.probabilities, plain.probabilities, atol=1e-3)
+    assert calibrated.uncertainty == plain.uncertainty  # measured before calibration, as its limit was
