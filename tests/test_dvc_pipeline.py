@@ -100,7 +100,8 @@ def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
     # Quiet: stage progress and results, none of the libraries' known notices and deprecations.
     for noise in ("Warning", "deprecated", "Tip:", "TPU available", "Total params"):
         assert noise not in out, noise
-    for stage in ("synth", "validate", "preprocess", "split", "train@0", "crossval@0", "predict", "evaluate"):
+    stages_run = ("synth", "validate", "preprocess", "split", "train@0", "crossval@0", "calibrate", "shift")
+    for stage in (*stages_run, "predict", "evaluate"):
         assert f"Running stage '{stage}'" in out
     # Out-of-fold: fold 0 of 2 holds out 3 of the 6 training cases, each segmented and scored.
     validation = json.loads((repo / "data/splits.json").read_text())[0]["val"]
@@ -118,6 +119,15 @@ def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
     ).is_file()
     assert metrics["n_cases"] == 2
     assert (repo / "models/synthetic/fold_0/weights.pt").is_file()
+    # The review: the model keeps its cohort's profile and its calibration from the 3 out-of-fold
+    # cases; every test scan has its review column; no init_from, so no shift to report.
+    assert (repo / "models/synthetic/fold_0/cohort_profile.json").is_file()
+    calibration = json.loads((repo / "models/synthetic/calibration.json").read_text())
+    assert calibration["n_cases"] == 3 and calibration["temperature"] > 0
+    assert metrics["calibration"]["temperature"] == calibration["temperature"]
+    summary = (repo / "data/predictions/summary.csv").read_text(encoding="utf-8").splitlines()
+    assert "review" in summary[0].split(",") and len(summary) == 3
+    assert json.loads((repo / "reports/shift.json").read_text())["model"] is None
 
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo)
 
