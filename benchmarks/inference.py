@@ -15,7 +15,10 @@ not depend on them). Then, each in a fresh process:
 - resseg: ``pipeline.infer.batch.run`` over the folder of scans, as ``resseg predict`` runs it
   (one scan read ahead, writing behind; the predict defaults unless --overlap or
   --sw-batch-size say otherwise; no mirroring), once per --precision of the network's arithmetic
-  (default: auto, which is bfloat16 on CPUs with native bfloat16, and fp32);
+  (default: auto, which is bfloat16 on CPUs with native bfloat16, and fp32), without the review
+  columns and calibration; and once more at the first precision with them (the model directory
+  then keeps the scans' cohort profile and a calibration.json, as a trained model does), which
+  gives their cost as a ratio of the two runs;
 - nnU-Net: ``nnUNetPredictor`` over the same files (Gaussian blending, no mirroring), given
   the same network built from the same model directory, and an nnU-Net plan with the same
   target spacing, patch size, axis order and CT normalisation; tile_step_size = 1 - overlap.
@@ -75,15 +78,20 @@ def main(args: argparse.Namespace) -> None:
     scans = link_scans(cohort, args.work / f"scans_{args.scans}_{args.scale:g}")
     plans = plan(cohort)
     model_dir = args.work / f"model_{args.preset}_{args.scans}_{args.scale:g}"
-    save_model(model_dir, plans, args.preset)
+    save_model(model_dir, plans, args.preset, cohort)
     job = {"scans": str(scans), "model": str(model_dir), "overlap": args.overlap, "device": args.device}
     resseg_job = {**job, "sw_batch_size": args.sw_batch_size}
 
     results = {}
     for precision in args.precision:
-        job = {**resseg_job, "precision": precision}
+        job = {**resseg_job, "precision": precision, "review": False}
         result = run_tool("resseg", sys.executable, job, args.work, args.pss, f"resseg_{precision}")
         results[f"resseg, {result['precision']}"] = result
+    job = {**resseg_job, "precision": args.precision[0], "review": True}
+    result = run_tool(
+        "resseg", sys.executable, job, args.work, args.pss, f"resseg_{args.precision[0]}_review"
+    )
+    results[f"resseg, {result['precision']}, review and calibration"] = result
     if not args.nnunet_python.exists():
         print(f"nnU-Net not found at {args.nnunet_python}; measuring resseg only", file=sys.stderr)
     else:
@@ -166,6 +174,7 @@ def plan(cohort_dir: Path):
     from pipeline.preprocess.fingerprint import combine, fingerprint_case
     from pipeline.preprocess.planner import make_plans
     from pipeline.preprocess.plans import Plans
+    from pipeline.review.profile import PROFILE_JSON, CohortProfile
 
     path = cohort_dir / "benchmark_plans.json"
     if not path.exists():
@@ -176,15 +185,24 @@ def plan(cohort_dir: Path):
         ]
         fingerprint = combine(fingerprints, tuple(params.clip_percentiles))
         make_plans(fingerprint, cohort.channel_names, cohort.labels, params).save(path)
+        profile = CohortProfile.build(
+            [f.description for f in fingerprints], [f.label_features for f in fingerprints]
+        )
+        profile.save(cohort_dir / PROFILE_JSON)
     return Plans.load(path)
 
 
-def save_model(model_dir: Path, plans, preset: str) -> None:
-    """A model directory as training writes it, holding the preset with random weights."""
+def save_model(model_dir: Path, plans, preset: str, cohort_dir: Path) -> None:
+    """A model directory as training and the calibrate stage write it, holding the preset with
+    random weights, the scans' cohort profile, and a calibration whose temperature is made up (its
+    arithmetic is the same for any temperature but 1)."""
     import torch
 
     from pipeline.config import TrainParams, resolve_network
+    from pipeline.io import write_json
     from pipeline.models.model_dir import MODEL_JSON, ModelDescription, save_fold
+    from pipeline.review.model_calibration import CALIBRATION_JSON
+    from pipeline.review.profile import PROFILE_JSON, CohortProfile
 
     fold = model_dir / "fold_0"
     if (fold / MODEL_JSON).exists():
@@ -193,7 +211,9 @@ def save_model(model_dir: Path, plans, preset: str) -> None:
         resolve_network(TrainParams(model=preset), PRESET_DIR), plans, plans.patch_size
     )
     torch.manual_seed(0)
-    save_fold(fold, description, description.build().eval(), fold=0)
+    profile = CohortProfile.load(cohort_dir / PROFILE_JSON)
+    save_fold(fold, description, description.build().eval(), profile, fold=0)
+    write_json(model_dir / CALIBRATION_JSON, {"temperature": 1.5, "uncertainty": {"limit": 0.5}})
 
 
 def write_nnunet_plan(folder: Path, plans, model_dir: Path, n_scans: int) -> None:
@@ -405,10 +425,12 @@ def resseg_child(job: dict) -> dict:
     from pipeline.config import DetectionParams
     from pipeline.infer import batch
     from pipeline.infer.predictor import Predictor
+    from pipeline.review.flags import Reviewer
 
     model, scans, out = Path(job["model"]), Path(job["scans"]), Path(job["out"])
     predictor = Predictor.from_model_dir(
         model,
+        calibrate=job["review"],
         overlap=job["overlap"],
         sw_batch_size=job["sw_batch_size"],
         device=job["device"],
@@ -427,9 +449,12 @@ def resseg_child(job: dict) -> dict:
     batch.write_outputs = stages.wrap("write (writer thread)", batch.write_outputs)
     batch._ScanStep._report = stages.wrap("volumes report (writer thread)", batch._ScanStep._report)
 
+    reviewer = Reviewer.from_model_dir(model) if job["review"] else None
+    if reviewer is not None:
+        Reviewer.review = stages.wrap("review (cohort features)", Reviewer.review)
     started_at, started = time.time(), time.perf_counter()
     result = batch.run(
-        predictor, batch.model_identity(model), scans, out, batch.BatchOptions(), DetectionParams()
+        predictor, batch.model_identity(model), scans, out, batch.BatchOptions(), DetectionParams(), reviewer
     )
     wall = time.perf_counter() - started
     if result.failed:
@@ -539,6 +564,12 @@ def print_report(results: dict, plans, args: argparse.Namespace) -> None:
         print("|---|---:|---:|")
         for name, seconds in resseg_steps(r).items():
             print(f"| {name} | {seconds / n_scans:.2f} | {seconds / r['wall_seconds']:.0%} |")
+    reviewed, plain = review_pair(results)
+    cost = statistics.median(reviewed["scan_seconds"]) / statistics.median(plain["scan_seconds"]) - 1
+    print(
+        f"\nreview columns and calibration add {cost:+.1%} to resseg's median seconds per scan "
+        "(goal: under 10%)"
+    )
     if not theirs:
         return
     print("\nresseg / nnU-Net:\n")
@@ -572,12 +603,30 @@ def print_report(results: dict, plans, args: argparse.Namespace) -> None:
     )
 
 
+def review_pair(results: dict) -> tuple[dict, dict]:
+    """resseg's run with the review columns and calibration, and the same precision's without."""
+    reviewed_key = next(tool for tool in results if tool.endswith(", review and calibration"))
+    return results[reviewed_key], results[reviewed_key.removesuffix(", review and calibration")]
+
+
 def suite_rows(results: dict, args: argparse.Namespace) -> list:
-    """Seconds per scan of each resseg precision against each nnU-Net mode, for benchmarks/suite.py."""
+    """Seconds per scan of each resseg precision against each nnU-Net mode, and with the review
+    and calibration against without, for benchmarks/suite.py."""
     ours = {tool: r for tool, r in results.items() if tool.startswith("resseg")}
     theirs = {tool: r for tool, r in results.items() if tool not in ours} or {None: None}
     note = f"{len(next(iter(ours.values()))['scan_seconds'])} scans at --scale {args.scale:g}, {args.preset}"
-    return [
+    reviewed, plain = review_pair(results)
+    review_row = measured(
+        "inference",
+        f"s / scan, {reviewed['precision']}, review and calibration",
+        reviewed["scan_seconds"],
+        plain["scan_seconds"],
+        against="resseg without them",
+        resseg_peak_gib=reviewed["peak_rss_bytes"] / 2**30,
+        reference_peak_gib=plain["peak_rss_bytes"] / 2**30,
+        note=f"{note}; the review's features and uncertainty, the temperature; goal: under 1.10x",
+    )
+    return [review_row] + [
         measured(
             "inference",
             f"s / scan, {mine.removeprefix('resseg, ')}",

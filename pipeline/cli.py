@@ -195,7 +195,10 @@ def _number(value: float | None) -> str:
 def calibrate(args: argparse.Namespace) -> None:
     from pipeline.review import calibrate as calibrate_stage
 
-    result = calibrate_stage.run(args.crossval, args.cohort, args.out)
+    params = _params(args)
+    result = calibrate_stage.run(
+        params.calibrate, params.evaluate.detection, args.crossval, args.cohort, args.out
+    )
     before, after = result["ece"]["before"], result["ece"]["after"]
     errors = ", ".join(f"{name} {_number(before[name])} -> {_number(after[name])}" for name in before)
     print(

@@ -256,6 +256,21 @@ class EvaluateParams(Section):
     seed: int = 0
 
 
+class CalibrateParams(Section):
+    # The lesion operating threshold chosen on the out-of-fold predictions (calibrated), stored in
+    # calibration.json for resseg predict's lesion counts: the highest threshold whose sensitivity
+    # reaches target_sensitivity, or the lowest whose false positives per scan stay at or below
+    # target_fp_per_scan. Neither: evaluate.detection.operating_threshold.
+    target_sensitivity: Annotated[float, Field(gt=0, le=1)] | None = None
+    target_fp_per_scan: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CalibrateParams:
+        if self.target_sensitivity is not None and self.target_fp_per_scan is not None:
+            raise ValueError("give target_sensitivity or target_fp_per_scan, not both")
+        return self
+
+
 class Params(Section):
     # The cohort the pipeline runs on: a folder name under data/raw/ (dvc.yaml reads it).
     cohort: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
@@ -269,6 +284,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     predict: PredictParams = PredictParams()
     evaluate: EvaluateParams = EvaluateParams()
+    calibrate: CalibrateParams = CalibrateParams()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

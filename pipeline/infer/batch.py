@@ -247,7 +247,9 @@ class _ScanStep:
                 dynamic_fraction=self.detection.dynamic_fraction,
                 min_volume_mm3=self.detection.min_candidate_volume_mm3,
             )
-            threshold = self.detection.operating_threshold
+            calibration = self.predictor.calibration
+            chosen = calibration.lesion_thresholds if calibration else {}
+            threshold = chosen.get(labels[value], self.detection.operating_threshold)
             report[f"lesions_{labels[value]}"] = sum(c >= threshold for c in candidates.confidences)
             report[f"case_score_{labels[value]}"] = round(
                 case_score(candidates, self.detection.case_score), 4

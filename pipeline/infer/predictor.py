@@ -80,12 +80,14 @@ class Predictor:
         device: str = "auto",
         mirror: bool = False,
         precision: Precision = "auto",
-        temperature: float = 1.0,
+        calibration: Calibration | None = None,
     ):
-        """``temperature``: the calibration fitted on the model's out-of-fold predictions
-        (review/calibrate.py); 1 leaves the probabilities as the networks give them."""
+        """``calibration``: what the calibrate stage fitted on the model's out-of-fold predictions
+        (review/calibrate.py): its temperature scales the probabilities, its lesion thresholds
+        count the lesions; None leaves the probabilities as the networks give them."""
         self.description = description
-        self.temperature = temperature
+        self.calibration = calibration
+        self.temperature = calibration.temperature if calibration else 1.0
         self.device = resolve_device(device)
         self.networks = [network.to(self.device).eval() for network in networks]
         self.overlap = overlap
@@ -106,12 +108,11 @@ class Predictor:
     def from_model_dir(
         cls, model_dir: str | Path, folds: list[int] | None = None, calibrate: bool = True, **options
     ) -> Predictor:
-        """``calibrate``: apply the model directory's temperature, when it has one."""
+        """``calibrate``: apply the model directory's calibration, when it has one."""
         description = load_description(Path(model_dir), folds)
         calibration = Calibration.load(Path(model_dir)) if calibrate else None
-        temperature = calibration.temperature if calibration else 1.0
         networks = load_fold_networks(Path(model_dir), description, folds)
-        return cls(description, networks, temperature=temperature, **options)
+        return cls(description, networks, calibration=calibration, **options)
 
     @torch.no_grad()
     def predict(self, channels: Volume | Sequence[Volume]) -> Prediction:

@@ -9,7 +9,10 @@ Each fold's crossval stage segments the training cases that fold did not train o
 - the uncertainty limit: a new scan whose foreground entropy (review/uncertainty.py) lies beyond
   UNCERTAINTY_MARGIN times the 99th percentile of the out-of-fold cases' is flagged for review;
 - the expected calibration error per label before and after, on these same cases (where the
-  temperature was fitted: the evaluate stage measures it on the test cases).
+  temperature was fitted: the evaluate stage measures it on the test cases);
+- with ``calibrate.target_sensitivity`` or ``target_fp_per_scan``, each lesion label's operating
+  threshold on the calibrated probabilities, from the out-of-fold FROC (evaluate/detection.py),
+  which ``resseg predict`` then counts lesions at.
 
 Written to ``<model>/calibration.json``, beside the fold directories.
 """
@@ -21,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cohort.dataset import load_cohort
-from pipeline.errors import InputDataError
+from pipeline.config import CalibrateParams, DetectionParams
+from pipeline.errors import ConfigError, InputDataError
 from pipeline.evaluate.calibration import apply_temperature, calibration_errors, fit_temperature
+from pipeline.evaluate.detection import extract_candidates, froc, match_lesions, reference_lesions
 from pipeline.infer.outputs import PROBABILITIES_FOLDER
 from pipeline.io import read_probabilities, read_volume, write_json
 from pipeline.review.uncertainty import foreground_entropy
@@ -33,11 +38,21 @@ UNCERTAINTY_MARGIN = 1.25
 STORED_FLOOR = 0.5 / 65535
 
 
-def run(crossval_dirs: list[Path], cohort_dir: str | Path, out_path: str | Path) -> dict:
+def run(
+    params: CalibrateParams,
+    detection: DetectionParams,
+    crossval_dirs: list[Path],
+    cohort_dir: str | Path,
+    out_path: str | Path,
+) -> dict:
     cohort = load_cohort(cohort_dir)
     labels = {case.name: case.label for case in cohort.training}
     files = _out_of_fold_files(crossval_dirs, labels)
-    cases = [(_read_probabilities(path), np.asarray(read_volume(labels[name]).array)) for name, path in files]
+    references = [read_volume(labels[name]) for name, _ in files]
+    cases = [
+        (_read_probabilities(path), np.asarray(reference.array))
+        for (_, path), reference in zip(files, references, strict=True)
+    ]
     temperature = fit_temperature(cases)
     entropies = [foreground_entropy(p, p.argmax(0)) for p, _ in cases]
     entropies = [e for e in entropies if e is not None]
@@ -54,9 +69,68 @@ def run(crossval_dirs: list[Path], cohort_dir: str | Path, out_path: str | Path)
             "before": _mean_errors(cases, 1.0, label_names),
             "after": _mean_errors(cases, temperature, label_names),
         },
+        "lesion_thresholds": _lesion_thresholds(
+            params, detection, cases, [r.spacing for r in references], temperature, cohort.labels
+        ),
     }
     write_json(Path(out_path), result)
     return result
+
+
+def _lesion_thresholds(
+    params: CalibrateParams,
+    detection: DetectionParams,
+    cases: list[tuple[np.ndarray, np.ndarray]],
+    spacings: list,
+    temperature: float,
+    labels: dict[int, str],
+) -> dict[str, dict]:
+    """Per lesion label: the operating threshold meeting the target on the out-of-fold FROC, and
+    the sensitivity and false positives per scan it gives there; threshold None (with the reason)
+    where no threshold meets it."""
+    if params.target_sensitivity is None and params.target_fp_per_scan is None:
+        return {}
+    values = {name: value for value, name in labels.items() if value}
+    chosen = {}
+    for name in detection.lesion_labels:
+        if name not in values:
+            raise ConfigError(
+                f"evaluate.detection.lesion_labels: {name!r} is not one of the cohort's labels {list(values)}"
+            )
+        value = values[name]
+        detections = [
+            match_lesions(
+                extract_candidates(
+                    apply_temperature(probabilities, temperature)[value],
+                    spacing,
+                    threshold=detection.candidate_threshold,
+                    dynamic=detection.dynamic_threshold,
+                    dynamic_fraction=detection.dynamic_fraction,
+                    min_volume_mm3=detection.min_candidate_volume_mm3,
+                ),
+                reference_lesions(label == value, spacing),
+                detection.iou_threshold,
+            )
+            for (probabilities, label), spacing in zip(cases, spacings, strict=True)
+        ]
+        chosen[name] = _operating_point(froc(detections), params)
+    return chosen
+
+
+def _operating_point(curve: dict[str, list[float]], params: CalibrateParams) -> dict:
+    """FROC points run from the highest threshold down, sensitivity and false positives rising."""
+    points = list(zip(curve["threshold"], curve["sensitivity"], curve["fps_per_scan"], strict=True))
+    if params.target_sensitivity is not None:
+        target = {"target_sensitivity": params.target_sensitivity}
+        meeting = [p for p in points if p[1] >= params.target_sensitivity][:1]
+    else:
+        target = {"target_fp_per_scan": params.target_fp_per_scan}
+        meeting = [p for p in points if p[2] <= params.target_fp_per_scan][-1:]
+    if not meeting:
+        reason = "no reference lesion out of fold" if not points else "no threshold meets the target"
+        return target | {"threshold": None, "reason": reason}
+    threshold, sensitivity, fp_per_scan = meeting[0]
+    return target | {"threshold": threshold, "sensitivity": sensitivity, "fp_per_scan": fp_per_scan}
 
 
 def _out_of_fold_files(crossval_dirs: list[Path], labels: dict[str, Path]) -> list[tuple[str, Path]]:

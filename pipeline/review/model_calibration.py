@@ -18,6 +18,7 @@ CALIBRATION_JSON = "calibration.json"
 class Calibration:
     temperature: float
     uncertainty_limit: float | None  # None: no out-of-fold case had any foreground
+    lesion_thresholds: dict[str, float]  # lesion label -> operating threshold chosen out of fold
 
     @classmethod
     def load(cls, model_dir: Path) -> Calibration | None:
@@ -32,10 +33,15 @@ class Calibration:
             data = json.loads(path.read_text(encoding="utf-8"))
             temperature, limit = float(data["temperature"]), data["uncertainty"]["limit"]
             limit = None if limit is None else float(limit)
+            thresholds = {
+                str(name): float(point["threshold"])
+                for name, point in data.get("lesion_thresholds", {}).items()
+                if point["threshold"] is not None
+            }
         except OSError as err:
             raise InputDataError(f"{path}: cannot be read ({err.strerror})") from None
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise InputDataError(f"{path}: not a calibration written by resseg calibrate") from None
         if not (math.isfinite(temperature) and temperature > 0):
             raise InputDataError(f"{path}: temperature is {temperature}, expected a positive number")
-        return cls(temperature, limit)
+        return cls(temperature, limit, thresholds)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.cohort.dataset import load_cohort
+from pipeline.config import CalibrateParams, DetectionParams
 from pipeline.errors import InputDataError
 from pipeline.infer.outputs import PROBABILITIES_FOLDER
 from pipeline.io import read_volume, write_probabilities, write_volume
@@ -46,14 +47,48 @@ def test_the_temperature_of_a_three_times_over_confident_model_is_three(
     over_confident_crossval, cohort, tmp_path
 ):
     out = tmp_path / "model" / "calibration.json"
-    result = calibrate.run([over_confident_crossval], cohort, out)
+    params, detection = CalibrateParams(target_sensitivity=0.5), DetectionParams(lesion_labels=["lesion"])
+    result = calibrate.run(params, detection, [over_confident_crossval], cohort, out)
     assert result["temperature"] == pytest.approx(3.0, rel=0.1)
     assert result["n_cases"] == len(load_cohort(cohort).training)  # both folds found under the parent
     for label in ("organ", "lesion"):
         assert result["ece"]["after"][label] < 0.3 * result["ece"]["before"][label]
     assert result["uncertainty"]["limit"] > max(result["uncertainty"]["out_of_fold"])
+    # Noise labels hold many one-voxel "lesions": the threshold meeting the target is stored all the same.
+    chosen = result["lesion_thresholds"]["lesion"]
+    assert chosen["target_sensitivity"] == 0.5
     loaded = Calibration.load(out.parent)
-    assert loaded == Calibration(result["temperature"], result["uncertainty"]["limit"])
+    expected = {"lesion": chosen["threshold"]} if chosen["threshold"] is not None else {}
+    assert loaded == Calibration(result["temperature"], result["uncertainty"]["limit"], expected)
+
+
+def test_the_operating_threshold_is_read_off_the_out_of_fold_froc():
+    """Thresholds descending, sensitivity and false positives per scan rising: the highest
+    threshold reaching a sensitivity, the lowest keeping the false positives under a rate."""
+    curve = {
+        "threshold": [0.9, 0.7, 0.4, 0.2],
+        "sensitivity": [0.25, 0.5, 0.75, 1.0],
+        "fps_per_scan": [0, 0.5, 1, 3],
+    }
+    by_sensitivity = calibrate._operating_point(curve, CalibrateParams(target_sensitivity=0.6))
+    assert by_sensitivity == {
+        "target_sensitivity": 0.6,
+        "threshold": 0.4,
+        "sensitivity": 0.75,
+        "fp_per_scan": 1,
+    }
+    by_rate = calibrate._operating_point(curve, CalibrateParams(target_fp_per_scan=0.5))
+    assert by_rate["threshold"] == 0.7 and by_rate["sensitivity"] == 0.5
+    assert calibrate._operating_point(curve, CalibrateParams(target_fp_per_scan=0.0))["threshold"] == 0.9
+    unreachable = calibrate._operating_point(
+        {k: v[:3] for k, v in curve.items()}, CalibrateParams(target_sensitivity=0.9)
+    )
+    assert unreachable["threshold"] is None and unreachable["reason"] == "no threshold meets the target"
+    empty = {"threshold": [], "sensitivity": [], "fps_per_scan": []}
+    assert (
+        calibrate._operating_point(empty, CalibrateParams(target_sensitivity=0.9))["reason"]
+        == "no reference lesion out of fold"
+    )
 
 
 def test_a_model_without_calibration_has_none_and_a_damaged_one_is_one_line(tmp_path):
@@ -71,7 +106,7 @@ def test_a_model_without_calibration_has_none_and_a_damaged_one_is_one_line(tmp_
 def test_a_crossval_folder_without_probabilities_is_named(cohort, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputDataError, match=r"empty: no probabilities/\*\.nii\.gz"):
-        calibrate.run([tmp_path / "empty"], cohort, tmp_path / "calibration.json")
+        calibrate.run(CalibrateParams(), DetectionParams(), [tmp_path / "empty"], cohort, tmp_path / "c.json")
 
 
 def test_predict_applies_the_temperature_without_changing_the_mask(random_model, cohort_dir):
