@@ -195,11 +195,7 @@ class _ScanStep:
                 if writing is not None:
                     yield writing[0], writing[1].result()
                 seconds = read_seconds + time.perf_counter() - started
-                review = self._review(volumes, prediction)
-                writing = (
-                    scan,
-                    writer.submit(self._write, scan, volumes[0], prediction, seconds, identity, review),
-                )
+                writing = (scan, writer.submit(self._write, scan, volumes, prediction, seconds, identity))
             if writing is not None:
                 yield writing[0], writing[1].result()
 
@@ -208,10 +204,10 @@ class _ScanStep:
             return {}
         return self.reviewer.review(volumes, prediction.uncertainty, prediction.fold_disagreement)
 
-    def _write(
-        self, scan: Scan, volume: Volume, prediction, seconds: float, identity: str, review: dict
-    ) -> bool:
+    def _write(self, scan: Scan, volumes: list[Volume], prediction, seconds: float, identity: str) -> bool:
+        """In the writer thread, with the review's features: both overlap the next prediction."""
         started = time.perf_counter()
+        volume = volumes[0]
         outputs = _outputs(self.output_dir, scan, self.options)
         try:
             write_outputs(
@@ -226,7 +222,11 @@ class _ScanStep:
         except Exception as err:  # a full or read-only disk fails this scan's writing, not the run
             self._record(scan, _reason(scan, err), seconds + time.perf_counter() - started)
             return False
-        report = {"input_identity": identity} | self._report(volume, prediction) | review
+        report = (
+            {"input_identity": identity}
+            | self._report(volume, prediction)
+            | self._review(volumes, prediction)
+        )
         self._record(scan, None, seconds + time.perf_counter() - started, outputs, report)
         return True
 

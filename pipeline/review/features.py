@@ -38,14 +38,6 @@ MAD_PER_SD = 0.6745
 DIFFERENCE_PER_SD = np.sqrt(2.0)
 
 
-def geometry_names() -> list[str]:
-    return [f"{kind}_{axis}" for kind in ("spacing", "extent") for axis in AXES]
-
-
-def intensity_names(n_channels: int) -> list[str]:
-    return [f"{kind}_{c}" for c in range(n_channels) for kind in (*PERCENTILES, "noise")]
-
-
 @dataclass(frozen=True)
 class ScanDescription:
     features: dict[str, float]

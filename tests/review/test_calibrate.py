@@ -127,3 +127,29 @@ def test_predict_applies_the_temperature_without_changing_the_mask(random_model,
     )
     assert not np.allclose(calibrated.probabilities, plain.probabilities, atol=1e-3)
     assert calibrated.uncertainty == plain.uncertainty  # measured before calibration, as its limit was
+
+
+def test_predict_counts_lesions_at_the_threshold_the_model_chose(random_model, cohort_dir, tmp_path):
+    """The same scan twice: with the model's lesion threshold at the candidates' own floor every
+    candidate counts; at 1 none does (a candidate's confidence is its highest probability)."""
+    import csv
+
+    from pipeline.cli import main
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    scan = read_volume(load_cohort(cohort_dir).test[0].image)
+    write_volume(scans / "case.nii.gz", np.asarray(scan.array), scan.affine)
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {detection: {lesion_labels: [lesion], candidate_threshold: 0.01}}\n")
+    counts = {}
+    for threshold in (0.01, 1.0):
+        calibration = {"temperature": 1.0, "uncertainty": {"limit": None}}
+        calibration["lesion_thresholds"] = {"lesion": {"threshold": threshold}}
+        (random_model / "calibration.json").write_text(json.dumps(calibration))
+        out = tmp_path / f"out_{threshold}"
+        args = ["predict", "--params", str(params), "--input", str(scans), "--output", str(out)]
+        assert main([*args, "--model", str(random_model)]) == 0
+        (row,) = csv.DictReader((out / "summary.csv").open(encoding="utf-8"))
+        counts[threshold] = int(row["lesions_lesion"])
+    assert counts[0.01] > 0 and counts[1.0] == 0
