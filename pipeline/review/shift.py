@@ -29,13 +29,13 @@ from matplotlib.figure import Figure
 from scipy.stats import ks_2samp
 
 from pipeline.cohort.dataset import load_cohort
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, UserError
 from pipeline.evaluate.report import escape, html_image, html_table, png_data_uri, write_page
 from pipeline.infer.inputs import find_scans
-from pipeline.io import Volume, read_volume, write_json
+from pipeline.io import read_volume, write_json
 from pipeline.io.dicom import DicomSeries
-from pipeline.models.model_dir import MODEL_JSON, fold_dirs
-from pipeline.review.features import describe, label_features, stacked
+from pipeline.models.model_dir import fold_dirs
+from pipeline.review.features import ScanDescription, describe, label_features, stacked
 from pipeline.review.profile import PROFILE_JSON, CohortProfile
 
 FLAG_SHARE = 0.1
@@ -54,8 +54,10 @@ ACQUISITION = (
 
 @dataclass(frozen=True)
 class NewScan:
+    """What the comparison keeps of a scan: its voxels are let go once it is described."""
+
     name: str
-    image: Volume  # every channel
+    description: ScanDescription
     label_features: dict | None  # features.label_features, for a case with a label
     header: pydicom.Dataset | None  # a DICOM series' first header, without pixel data
 
@@ -64,10 +66,13 @@ def find_profile(model: str | Path) -> Path:
     """The cohort profile of a model directory, a fold directory, or the fold of a weights.pt or
     Lightning checkpoint (what train.init_from may name)."""
     model = Path(model)
+    if not model.exists():
+        raise InputDataError(
+            f"{model}: not found (a model directory, fold directory, weights.pt or checkpoint)"
+        )
     if model.is_file():
         model = model.parent.parent if model.parent.name == "checkpoints" else model.parent
-    candidates = fold_dirs(model) if (model / MODEL_JSON).is_file() or model.is_dir() else []
-    for folder in candidates:
+    for folder in fold_dirs(model):
         if (folder / PROFILE_JSON).is_file():
             return folder / PROFILE_JSON
     raise InputDataError(
@@ -78,8 +83,10 @@ def find_profile(model: str | Path) -> Path:
 
 def run(model: str | Path, cohort: str | Path, out_json: str | Path, report: str | Path | None) -> dict:
     profile = CohortProfile.load(find_profile(model))
-    scans = _new_scans(Path(cohort), n_channels=len(profile.histograms))
-    descriptions = [describe(scan.image) for scan in scans]
+    scans, unreadable = _new_scans(Path(cohort), n_channels=len(profile.histograms))
+    if not scans:
+        raise InputDataError(f"{cohort}: no scan could be read ({len(unreadable)} could not)")
+    descriptions = [scan.description for scan in scans]
     ranges = profile.ranges()
     features = {
         name: _compare(profile.features[name], [d.features[name] for d in descriptions], ranges[name])
@@ -107,6 +114,7 @@ def run(model: str | Path, cohort: str | Path, out_json: str | Path, report: str
         "labels": labels,
         "acquisition": _acquisition(scans),
         "scans": per_scan,
+        "unreadable": unreadable,
     }
     write_json(Path(out_json), result)
     if report is not None:
@@ -141,29 +149,47 @@ def table(result: dict) -> str:
     lines.append(
         f"{outside} of {result['n_scans']} scans lie outside a training range (shift.json lists why)"
     )
+    lines += [f"not read: {u['reason']}" for u in result["unreadable"]]
     return "\n".join(lines)
 
 
-def _new_scans(cohort: Path, n_channels: int) -> list[NewScan]:
+def _new_scans(cohort: Path, n_channels: int) -> tuple[list[NewScan], list[dict]]:
+    """Each scan read, described and let go, one at a time; a scan that cannot be read is listed
+    with its reason, and the others go on."""
     if (cohort / "dataset.json").is_file():
         found = load_cohort(cohort)
-        return [
-            NewScan(
-                case.name,
-                read_volume(case.image, max_channels=n_channels),
-                _label_features(case.label, found.labels),
-                None,
-            )
-            for case in found.training + found.test
+        readers = [
+            (case.name, _case_reader(case, n_channels, found.labels)) for case in found.training + found.test
         ]
-    scans, unusable = find_scans(cohort, n_channels, recursive=False, name_by="folder")
-    if unusable:
-        raise InputDataError(unusable[0].reason)
-    if not scans:
-        raise InputDataError(f"{cohort}: no scan found (NIfTI, NRRD, MetaImage or DICOM)")
-    return [
-        NewScan(scan.name, stacked(scan.read(n_channels)), None, _first_header(scan.series)) for scan in scans
-    ]
+        unreadable = []
+    else:
+        scans, unusable = find_scans(cohort, n_channels, recursive=False, name_by="folder")
+        if not scans and not unusable:
+            raise InputDataError(f"{cohort}: no scan found (NIfTI, NRRD, MetaImage or DICOM)")
+        readers = [(scan.name, _scan_reader(scan, n_channels)) for scan in scans]
+        unreadable = [{"scan": u.name, "reason": u.reason} for u in unusable]
+    described = []
+    for name, read in readers:
+        try:
+            described.append(read())
+        except UserError as err:
+            unreadable.append({"scan": name, "reason": str(err)})
+    return described, unreadable
+
+
+def _case_reader(case, n_channels: int, labels: dict[int, str]):
+    def read() -> NewScan:
+        image = describe(read_volume(case.image, max_channels=n_channels))
+        return NewScan(case.name, image, _label_features(case.label, labels), None)
+
+    return read
+
+
+def _scan_reader(scan, n_channels: int):
+    def read() -> NewScan:
+        return NewScan(scan.name, describe(stacked(scan.read(n_channels))), None, _first_header(scan.series))
+
+    return read
 
 
 def _label_features(path: Path | None, labels: dict[int, str]) -> dict | None:
@@ -253,6 +279,9 @@ def _write_report(path: Path, result: dict, profile: CohortProfile, descriptions
             for attribute, values in result["acquisition"].items()
         ]
         sections += ["<h2>Acquisition (DICOM)</h2>", html_table(["attribute", "values (scans)"], acquisition)]
+    if result["unreadable"]:
+        unreadable = [[u["scan"], u["reason"]] for u in result["unreadable"]]
+        sections += ["<h2>Scans that could not be read</h2>", html_table(["scan", "reason"], unreadable)]
     write_page(path, f"Cohort shift: {result['cohort']}", sections)
 
 

@@ -60,6 +60,19 @@ def test_twice_the_voxel_size_flags_the_spacings(model, cohort, tmp_path, capsys
     assert "volume_ml_organ" in result["flagged"]
 
 
+def test_a_scan_that_cannot_be_read_is_listed_and_the_others_compared(model, cohort_dir, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for case in load_cohort(cohort_dir).test:
+        shutil.copy(case.image, folder / case.image.name)
+    (folder / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    result = shift(model, folder, tmp_path)
+    assert result["n_scans"] == 2 and result["flagged"] == []
+    (unreadable,) = result["unreadable"]
+    assert unreadable["scan"] == "broken" and "broken.nii.gz" in unreadable["reason"]
+    assert "not read: " in capsys.readouterr().out
+
+
 def test_dicom_series_have_their_acquisition_counted_and_no_identifier(model, cohort_dir, tmp_path):
     folder = tmp_path / "pacs"
     for index, case in enumerate(load_cohort(cohort_dir).test):
