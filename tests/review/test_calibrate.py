@@ -153,3 +153,35 @@ def test_predict_counts_lesions_at_the_threshold_the_model_chose(random_model, c
         (row,) = csv.DictReader((out / "summary.csv").open(encoding="utf-8"))
         counts[threshold] = int(row["lesions_lesion"])
     assert counts[0.01] > 0 and counts[1.0] == 0
+
+
+def test_evaluate_reports_the_calibration_error_before_and_after_the_temperature(
+    over_confident_crossval, cohort, tmp_path
+):
+    """The over-confident probabilities calibrated with T = 3, as predict would write them: the
+    evaluate stage undoes T for "before" and finds the error it removed."""
+    from pipeline.config import EvaluateParams
+    from pipeline.evaluate import stage
+    from pipeline.evaluate.calibration import apply_temperature
+    from pipeline.io import read_probabilities
+
+    predictions, probabilities = tmp_path / "pred", tmp_path / "pred" / "probabilities"
+    probabilities.mkdir(parents=True)
+    for path in sorted(over_confident_crossval.glob("fold_*/probabilities/*.nii.gz")):
+        affine = read_volume(cohort / "labelsTr" / path.name).affine
+        calibrated = apply_temperature(read_probabilities(path), 3.0)
+        write_probabilities(probabilities / path.name, calibrated, affine)
+        write_volume(predictions / path.name, calibrated.argmax(0).astype(np.uint8), affine)
+    metrics = stage.run(
+        EvaluateParams(bootstrap_resamples=10),
+        cohort / "labelsTr",
+        predictions,
+        tmp_path / "report",
+        cohort / "dataset.json",
+        probabilities,
+        temperature=3.0,
+    )
+    ece = metrics["calibration"]["ece"]
+    for label in ("organ", "lesion"):
+        assert ece["after"][label] < 0.3 * ece["before"][label]
+    assert "Calibration" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
