@@ -186,7 +186,7 @@ def plan(cohort_dir: Path):
         fingerprint = combine(fingerprints, tuple(params.clip_percentiles))
         make_plans(fingerprint, cohort.channel_names, cohort.labels, params).save(path)
         profile = CohortProfile.build(
-            [f.description for f in fingerprints], [f.label_features for f in fingerprints]
+            [f.description for f in fingerprints], [f.label_features for f in fingerprints], []
         )
         profile.save(cohort_dir / PROFILE_JSON)
     return Plans.load(path)

@@ -2,6 +2,7 @@
 
     imagesTr/<case>.nii.gz  labelsTr/<case>.nii.gz  imagesTs/<case>.nii.gz  labelsTs/<case>.nii.gz
     dataset.json            labels, modality/channel_names, training and test lists
+    acquisition.json        imported from DICOM: each case's acquisition attributes (no identifier)
 
 Multi-channel cases (MRI T1 + T2, say) are 4D NIfTI files with channels on the last axis, as
 in MSD's own multi-modal tasks. ``labelsTs`` is our addition to MSD: the test labels that
@@ -20,6 +21,7 @@ from pipeline.io import write_json
 from pipeline.io.volumes import case_name, volume_ending
 
 FILE_ENDING = ".nii.gz"
+ACQUISITION_JSON = "acquisition.json"
 # The folders of case files, each of which dataset.json must list.
 CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
@@ -75,6 +77,20 @@ def write_dataset_json(
             "test": [f"./imagesTs/{c}{FILE_ENDING}" for c in test],
         },
     )
+
+
+def read_acquisition(root: Path) -> dict[str, dict[str, str]]:
+    """Case name -> its acquisition attributes (pipeline/io/dicom.py); empty for a cohort that
+    was not imported from DICOM."""
+    path = Path(root) / ACQUISITION_JSON
+    if not path.is_file():
+        return {}
+    try:
+        return {
+            str(case): dict(values) for case, values in json.loads(path.read_text(encoding="utf-8")).items()
+        }
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        raise InputDataError(f"{path}: not the acquisition record resseg import writes") from None
 
 
 def read_dataset_json(path: Path) -> dict:

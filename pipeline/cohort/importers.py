@@ -15,13 +15,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from pipeline.cohort.dataset import FILE_ENDING, load_cohort, read_dataset_json, write_dataset_json
+from pipeline.cohort.dataset import (
+    ACQUISITION_JSON,
+    FILE_ENDING,
+    load_cohort,
+    read_dataset_json,
+    write_dataset_json,
+)
 from pipeline.cohort.qc import conclude
 from pipeline.cohort.validate import CaseReport, case_errors, check_case
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.io import Volume, atomic_directory, read_volume, write_volume
+from pipeline.io import Volume, atomic_directory, read_volume, write_json, write_volume
 from pipeline.io.dicom import (
     DicomSeries,
+    acquisition,
     find_dicom_seg,
     find_dicom_series,
     read_dicom_seg,
@@ -38,6 +45,8 @@ class SourceCase:
     name: str
     split: str  # "train" or "test"
     read: Callable[[], tuple[Volume, Volume | None]]  # image and label (None: unlabelled)
+    # DICOM: the first channel's acquisition attributes (io/dicom.py), kept in acquisition.json
+    acquisition: Callable[[], dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,10 @@ def run(
         reports = [_import_case(case, cohort, tmp, options) for case in cohort.cases]
         conclude(reports, Path(source), Path(report_path), options.skip_invalid, echo)
         written = [r for r in reports if not r.errors]
+        kept = {r.case for r in written}
+        acquired = {c.name: c.acquisition() for c in cohort.cases if c.acquisition and c.name in kept}
+        if acquired:
+            write_json(tmp / ACQUISITION_JSON, acquired)
         write_dataset_json(
             tmp,
             name=Path(out).name,
@@ -204,6 +217,9 @@ def _channel_case(
 
 
 def _dicom_case(folder: Path, channel_names: list[str], labels: dict[int, str]) -> SourceCase:
+    def first_series() -> dict[str, str]:
+        return acquisition(_series_for_channels(folder, find_dicom_series(folder), channel_names)[0])
+
     def read() -> tuple[Volume, Volume | None]:
         chosen = _series_for_channels(folder, find_dicom_series(folder), channel_names)
         volumes = [read_dicom_series(series) for series in chosen]
@@ -217,7 +233,7 @@ def _dicom_case(folder: Path, channel_names: list[str], labels: dict[int, str]) 
             return image, Volume(read_dicom_seg(segs[0], volumes[0], labels), image.affine)
         return image, read_volume(label_files[0]) if label_files else None
 
-    return SourceCase(folder.name, "train", read)
+    return SourceCase(folder.name, "train", read, first_series)
 
 
 def _check_seg_reference(seg_path: Path, series: list[DicomSeries]) -> None:

@@ -43,6 +43,25 @@ class DicomSeries:
     files: tuple[Path, ...]  # slice files, in the order the GDCM series reader sorts them
 
 
+# What a scanner and protocol make of a series, for comparing cohorts (pipeline/review/shift.py);
+# none of them identifies a patient.
+ACQUISITION_ATTRIBUTES = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "SliceThickness",
+    "MagneticFieldStrength",
+    "ContrastBolusAgent",
+    "ConvolutionKernel",
+)
+
+
+def acquisition(series: DicomSeries) -> dict[str, str]:
+    """ACQUISITION_ATTRIBUTES of a series' first slice, as text ("" where a tag is absent)."""
+    header = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    return {name: str(getattr(header, name, "") or "") for name in ACQUISITION_ATTRIBUTES}
+
+
 def find_dicom_series(folder: Path, recursive: bool = True) -> list[DicomSeries]:
     """Every image series under ``folder``, told apart by SeriesInstanceUID; sorted by uid."""
     folder = Path(folder)

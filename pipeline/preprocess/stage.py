@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.cohort.dataset import Case, load_cohort
+from pipeline.cohort.dataset import Case, load_cohort, read_acquisition
 from pipeline.config import PreprocessParams
 from pipeline.errors import InputDataError
 from pipeline.io import atomic_directory
@@ -53,8 +53,11 @@ def run(
             preprocess_case, [(plans, case, tmp) for case in cases], params.num_workers, "preprocess"
         )
         plans.save(tmp / "plans.json", fingerprint=fingerprint.to_dict(), cases=properties)
+        recorded = read_acquisition(cohort.root)
         profile = CohortProfile.build(
-            [case.description for case in fingerprints], [case.label_features for case in fingerprints]
+            [case.description for case in fingerprints],
+            [case.label_features for case in fingerprints],
+            [recorded[case.name] for case in cases if case.name in recorded],
         )
         profile.save(tmp / PROFILE_JSON)
     return plans

@@ -92,10 +92,15 @@ class CohortProfile:
     features: dict[str, list[float]]  # scan feature -> its value in each training case
     histograms: list[Histogram]  # one per channel
     labels: dict[str, list[float]]  # label feature (volumes, counts) -> value in each training case
+    # DICOM acquisition attribute -> value -> training cases (a cohort imported from DICOM)
+    acquisition: dict[str, dict[str, int]]
 
     @classmethod
-    def build(cls, scans: list[ScanDescription], label_features: list[dict]) -> CohortProfile:
-        """From the training cases' descriptions and label features (features.label_features)."""
+    def build(
+        cls, scans: list[ScanDescription], label_features: list[dict], acquisitions: list[dict[str, str]]
+    ) -> CohortProfile:
+        """From the training cases' descriptions, label features (features.label_features) and,
+        for those imported from DICOM, acquisition attributes (counted per value)."""
         histograms = []
         for channel in range(len(scans[0].samples)):
             pooled = np.concatenate([scan.samples[channel] for scan in scans])
@@ -109,6 +114,7 @@ class CohortProfile:
             features={name: [scan.features[name] for scan in scans] for name in scans[0].features},
             histograms=histograms,
             labels={name: [case[name] for case in label_features] for name in label_features[0]},
+            acquisition=count_values(acquisitions),
         )
 
     def ranges(self) -> dict[str, tuple[float, float]]:
@@ -149,6 +155,7 @@ class CohortProfile:
             "features": self.features,
             "histograms": [vars(h) for h in self.histograms],
             "labels": self.labels,
+            "acquisition": self.acquisition,
         }
 
     def save(self, path: Path) -> None:
@@ -163,11 +170,22 @@ class CohortProfile:
                 features={str(k): [float(v) for v in values] for k, values in data["features"].items()},
                 histograms=[Histogram(**h) for h in data["histograms"]],
                 labels={str(k): [float(v) for v in values] for k, values in data["labels"].items()},
+                acquisition={str(k): dict(v) for k, v in data.get("acquisition", {}).items()},
             )
         except OSError as err:
             raise InputDataError(f"{path}: cannot be read ({err.strerror})") from None
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InputDataError(f"{path}: not a cohort profile written by resseg") from None
+
+
+def count_values(acquisitions: list[dict[str, str]]) -> dict[str, dict[str, int]]:
+    """Attribute -> value -> how many scans have it ("(empty)" for an absent tag)."""
+    counts: dict[str, dict[str, int]] = {}
+    for attributes in acquisitions:
+        for name, value in attributes.items():
+            key = value or "(empty)"
+            counts.setdefault(name, {})[key] = counts.get(name, {}).get(key, 0) + 1
+    return {name: dict(sorted(values.items())) for name, values in counts.items()}
 
 
 def _density(samples: np.ndarray, edges) -> np.ndarray:

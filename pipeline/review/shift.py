@@ -11,7 +11,10 @@ folder of scans, as ``resseg predict`` reads them) is described as the training 
 - a feature is flagged when at least FLAG_SHARE of the new scans lie outside its range, or the
   KS test rejects equal distributions at FLAG_P_VALUE (with MIN_SCANS_FOR_TEST scans or more);
 - with labels (a cohort folder), label volumes and structure counts the same way;
-- DICOM series: the acquisition attributes of ACQUISITION (never an identifier), counted per value.
+- DICOM: the acquisition attributes of io/dicom.py (never an identifier), counted per value,
+  of a folder's series or of a cohort imported from DICOM (its acquisition.json); an attribute
+  is flagged when FLAG_SHARE of the scans have a value no training case had, where the training
+  cohort was imported from DICOM too.
 
 Outputs: ``shift.json`` (every number above, each scan's score and findings) and an HTML page with
 one plot per feature (training against new values, the range shaded), plus a printed table.
@@ -19,37 +22,26 @@ one plot per feature (training against new values, the range shaded), plus a pri
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from matplotlib.figure import Figure
 from scipy.stats import ks_2samp
 
-from pipeline.cohort.dataset import load_cohort
+from pipeline.cohort.dataset import load_cohort, read_acquisition
 from pipeline.errors import InputDataError, UserError
 from pipeline.evaluate.report import escape, html_image, html_table, png_data_uri, write_page
 from pipeline.infer.inputs import find_scans
 from pipeline.io import read_volume, write_json
-from pipeline.io.dicom import DicomSeries
+from pipeline.io.dicom import acquisition
 from pipeline.models.model_dir import fold_dirs
 from pipeline.review.features import ScanDescription, describe, label_features, stacked
-from pipeline.review.profile import PROFILE_JSON, CohortProfile
+from pipeline.review.profile import PROFILE_JSON, CohortProfile, count_values
 
 FLAG_SHARE = 0.1
 FLAG_P_VALUE = 0.01
 MIN_SCANS_FOR_TEST = 5
-ACQUISITION = (
-    "Manufacturer",
-    "ManufacturerModelName",
-    "KVP",
-    "SliceThickness",
-    "MagneticFieldStrength",
-    "ContrastBolusAgent",
-    "ConvolutionKernel",
-)
 
 
 @dataclass(frozen=True)
@@ -59,7 +51,7 @@ class NewScan:
     name: str
     description: ScanDescription
     label_features: dict | None  # features.label_features, for a case with a label
-    header: pydicom.Dataset | None  # a DICOM series' first header, without pixel data
+    acquisition: dict[str, str] | None  # DICOM: io/dicom.py's acquisition attributes
 
 
 def find_profile(model: str | Path) -> Path:
@@ -98,6 +90,7 @@ def run(model: str | Path, cohort: str | Path, out_json: str | Path, report: str
         for name, training in profile.labels.items()
         if labelled and all(name in case for case in labelled)
     }
+    compared = _acquisition(scans, profile.acquisition)
     per_scan = []
     for scan, description in zip(scans, descriptions, strict=True):
         shift = profile.check(description)
@@ -109,10 +102,10 @@ def run(model: str | Path, cohort: str | Path, out_json: str | Path, report: str
         "cohort": str(cohort),
         "n_training_cases": profile.n_cases,
         "n_scans": len(scans),
-        "flagged": [name for name, c in {**features, **labels}.items() if c["flagged"]],
+        "flagged": [name for name, c in {**features, **labels, **compared}.items() if c["flagged"]],
         "features": features,
         "labels": labels,
-        "acquisition": _acquisition(scans),
+        "acquisition": compared,
         "scans": per_scan,
         "unreadable": unreadable,
     }
@@ -140,6 +133,10 @@ def table(result: dict) -> str:
     comparisons = {**result["features"], **result["labels"]}
     width = max((len(name) for name in comparisons), default=0)
     for name in result["flagged"]:
+        if name in result["acquisition"]:
+            c = result["acquisition"][name]
+            lines.append(f"  {name:<{width}}  training {_counts(c['training'])}  new {_counts(c['new'])}")
+            continue
         c = comparisons[name]
         lines.append(
             f"  {name:<{width}}  training {_span(c['training'])}  new {_span(c['new'])}  "
@@ -158,8 +155,10 @@ def _new_scans(cohort: Path, n_channels: int) -> tuple[list[NewScan], list[dict]
     with its reason, and the others go on."""
     if (cohort / "dataset.json").is_file():
         found = load_cohort(cohort)
+        recorded = read_acquisition(cohort)
         readers = [
-            (case.name, _case_reader(case, n_channels, found.labels)) for case in found.training + found.test
+            (case.name, _case_reader(case, n_channels, found.labels, recorded.get(case.name)))
+            for case in found.training + found.test
         ]
         unreadable = []
     else:
@@ -177,17 +176,18 @@ def _new_scans(cohort: Path, n_channels: int) -> tuple[list[NewScan], list[dict]
     return described, unreadable
 
 
-def _case_reader(case, n_channels: int, labels: dict[int, str]):
+def _case_reader(case, n_channels: int, labels: dict[int, str], recorded: dict[str, str] | None):
     def read() -> NewScan:
         image = describe(read_volume(case.image, max_channels=n_channels))
-        return NewScan(case.name, image, _label_features(case.label, labels), None)
+        return NewScan(case.name, image, _label_features(case.label, labels), recorded)
 
     return read
 
 
 def _scan_reader(scan, n_channels: int):
     def read() -> NewScan:
-        return NewScan(scan.name, describe(stacked(scan.read(n_channels))), None, _first_header(scan.series))
+        recorded = acquisition(scan.series) if scan.series else None
+        return NewScan(scan.name, describe(stacked(scan.read(n_channels))), None, recorded)
 
     return read
 
@@ -198,12 +198,6 @@ def _label_features(path: Path | None, labels: dict[int, str]) -> dict | None:
         return None
     label = read_volume(path)
     return label_features(np.asarray(label.array), label.spacing, labels)
-
-
-def _first_header(series: DicomSeries | None) -> pydicom.Dataset | None:
-    if series is None:
-        return None
-    return pydicom.dcmread(series.files[0], stop_before_pixels=True)
 
 
 def _label_range(values: list[float]) -> tuple[float, float]:
@@ -235,15 +229,22 @@ def _summary(values: list[float]) -> dict:
     return {"min": float(np.min(values)), "median": float(np.median(values)), "max": float(np.max(values))}
 
 
-def _acquisition(scans: list[NewScan]) -> dict[str, dict[str, int]]:
-    counts = {}
-    for attribute in ACQUISITION:
-        values = Counter(
-            str(getattr(scan.header, attribute, "")) or "(empty)" for scan in scans if scan.header is not None
-        )
-        if values:
-            counts[attribute] = dict(sorted(values.items()))
-    return counts
+def _acquisition(scans: list[NewScan], training: dict[str, dict[str, int]]) -> dict[str, dict]:
+    """Per attribute: the training cohort's and the new scans' values with their counts, and the
+    share of new scans whose value no training case had (when the training cohort has a record)."""
+    recorded = [scan.acquisition for scan in scans if scan.acquisition is not None]
+    compared = {}
+    for name, values in count_values(recorded).items():
+        seen = training.get(name)
+        unseen = sum(n for value, n in values.items() if seen is not None and value not in seen)
+        share = unseen / len(recorded) if seen is not None else None
+        compared[name] = {
+            "training": seen,
+            "new": values,
+            "share_unseen": share,
+            "flagged": share is not None and share >= FLAG_SHARE,
+        }
+    return compared
 
 
 def _write_report(path: Path, result: dict, profile: CohortProfile, descriptions) -> None:
@@ -274,11 +275,17 @@ def _write_report(path: Path, result: dict, profile: CohortProfile, descriptions
         html_table(["scan", "score (1: edge of the range)", "outside the training range"], scans),
     ]
     if result["acquisition"]:
-        acquisition = [
-            [attribute, ", ".join(f"{value} ({n})" for value, n in values.items())]
-            for attribute, values in result["acquisition"].items()
+        rows = [
+            [
+                attribute,
+                _counts(c["training"]) if c["training"] is not None else "not recorded",
+                _counts(c["new"]),
+                "yes" if c["flagged"] else "no",
+            ]
+            for attribute, c in result["acquisition"].items()
         ]
-        sections += ["<h2>Acquisition (DICOM)</h2>", html_table(["attribute", "values (scans)"], acquisition)]
+        columns = ["attribute", "training: value (cases)", "new: value (scans)", "flagged"]
+        sections += ["<h2>Acquisition (DICOM)</h2>", html_table(columns, rows)]
     if result["unreadable"]:
         unreadable = [[u["scan"], u["reason"]] for u in result["unreadable"]]
         sections += ["<h2>Scans that could not be read</h2>", html_table(["scan", "reason"], unreadable)]
@@ -304,6 +311,10 @@ def _feature_figure(comparisons: dict, profile: CohortProfile, descriptions, fla
         ax.set_title(name, fontsize=9, color="tab:red" if name in flagged else "black")
         ax.tick_params(labelsize=7)
     return fig
+
+
+def _counts(values: dict[str, int]) -> str:
+    return ", ".join(f"{value} ({n})" for value, n in values.items())
 
 
 def _span(summary: dict) -> str:

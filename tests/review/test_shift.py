@@ -14,6 +14,7 @@ from pipeline.cli import main
 from pipeline.cohort.dataset import load_cohort
 from pipeline.errors import InputDataError
 from pipeline.io import read_volume, write_volume
+from pipeline.io.dicom import find_dicom_series, read_dicom_series
 from pipeline.review.profile import PROFILE_JSON
 from pipeline.review.shift import find_profile
 from tests.io.test_dicom import write_series
@@ -80,7 +81,13 @@ def test_dicom_series_have_their_acquisition_counted_and_no_identifier(model, co
         write_series(folder / f"series_{index}", hu, uid=f"1.2.826.0.1.3680043.2.1125.7{index}")
     result = shift(model, folder, tmp_path)
     assert result["n_scans"] == 2
-    assert result["acquisition"]["SliceThickness"] == {"2.5": 2}
+    # The training cohort was not imported from DICOM: its values are not known, nothing flagged.
+    assert result["acquisition"]["SliceThickness"] == {
+        "training": None,
+        "new": {"2.5": 2},
+        "share_unseen": None,
+        "flagged": False,
+    }
     text = (tmp_path / "shift.json").read_text()
     assert "Patient" not in text and "1.2.826.0.1.3680043" not in text
 
@@ -106,3 +113,56 @@ def test_a_model_without_a_profile_is_one_line(random_model, cohort_dir, tmp_pat
     assert main(args) == InputDataError.exit_code
     assert "no cohort_profile.json" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def set_manufacturer(folder, name: str) -> None:
+    import pydicom
+
+    for path in sorted(folder.rglob("*.dcm")):
+        header = pydicom.dcmread(path)
+        header.Manufacturer = name
+        header.save_as(path)
+
+
+def test_a_manufacturer_the_training_cohort_never_had_is_flagged(tmp_path):
+    """A DICOM cohort imported (acquisition.json), preprocessed (the profile counts its values),
+    against series from another manufacturer."""
+    from pipeline.cohort import importers
+    from pipeline.config import PreprocessParams
+    from pipeline.preprocess import stage
+
+    rng = np.random.default_rng(3)
+    for index in range(3):
+        hu = rng.integers(-1000, 400, size=(24, 20, 8)).astype(np.int16)
+        folder = tmp_path / "dicom" / f"patient_{'abc'[index]}"
+        write_series(folder, hu, uid=f"1.2.826.0.1.3680043.2.1125.4{index}")
+        mask = np.zeros(hu.shape, np.uint8)
+        mask[6:14, 5:12, 2:6] = 1
+        image = read_dicom_series(find_dicom_series(folder)[0])
+        write_volume(folder / "label.nii.gz", mask, image.affine)
+        set_manufacturer(folder, "Acme")
+    options = importers.ImportOptions(channel_names=["CT"], label_names=["organ"])
+    importers.run(tmp_path / "dicom", "dicom", tmp_path / "cohort", options, tmp_path / "qc.json")
+    recorded = json.loads((tmp_path / "cohort" / "acquisition.json").read_text())
+    assert sorted(recorded) == ["patient_a", "patient_b", "patient_c"]
+    assert recorded["patient_a"]["Manufacturer"] == "Acme"
+    stage.run(PreprocessParams(num_workers=1), tmp_path / "cohort", tmp_path / "pre")
+    profile = json.loads((tmp_path / "pre" / PROFILE_JSON).read_text())
+    assert profile["acquisition"]["Manufacturer"] == {"Acme": 3}
+    assert "patient_" not in json.dumps(profile)  # counts only, no case names
+
+    new = tmp_path / "new"
+    for index in range(2):
+        shutil.copytree(
+            tmp_path / "dicom" / f"patient_{'ab'[index]}",
+            new / f"s{index}",
+            ignore=shutil.ignore_patterns("*.nii.gz"),
+        )
+    set_manufacturer(new, "Other")
+    model = tmp_path / "model" / "fold_0"
+    model.mkdir(parents=True)
+    shutil.copy(tmp_path / "pre" / PROFILE_JSON, model / PROFILE_JSON)
+    (model / "model.json").write_text("{}")  # find_profile needs a fold, not its network
+    result = shift(tmp_path / "model", new, tmp_path)
+    assert result["acquisition"]["Manufacturer"]["share_unseen"] == 1.0
+    assert "Manufacturer" in result["flagged"] and "KVP" not in result["flagged"]
