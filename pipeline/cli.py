@@ -201,9 +201,11 @@ def calibrate(args: argparse.Namespace) -> None:
     )
     before, after = result["ece"]["before"], result["ece"]["after"]
     errors = ", ".join(f"{name} {_number(before[name])} -> {_number(after[name])}" for name in before)
+    fitted = result["fitted_temperature"]
+    kept = "" if result["temperature"] != 1.0 else f"; the fitted {fitted:.3f} would have raised it: 1 kept"
     print(
         f"temperature {result['temperature']:.3f} from {result['n_cases']} out-of-fold cases "
-        f"(expected calibration error {errors}); written to {args.out}"
+        f"(expected calibration error {errors}{kept}); written to {args.out}"
     )
 
 

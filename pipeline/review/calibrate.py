@@ -5,7 +5,10 @@ Each fold's crossval stage segments the training cases that fold did not train o
 
 - a temperature for the fold ensemble's probabilities (evaluate/calibration.py), applied by
   ``resseg predict`` unless told not to: the masks stay the same, the probabilities (and the
-  lesion candidates drawn from them) come out as often right as they claim;
+  lesion candidates drawn from them) come out as often right as they claim. It is fitted by
+  least negative log-likelihood and kept only if it lowers the labels' mean expected
+  calibration error on these cases; otherwise the temperature is 1 (``fitted_temperature``
+  and ``ece.fitted`` say what it would have done);
 - the uncertainty limit: a new scan whose foreground entropy (review/uncertainty.py) lies beyond
   UNCERTAINTY_MARGIN times the 99th percentile of the out-of-fold cases' is flagged for review;
 - the expected calibration error per label before and after, on these same cases (where the
@@ -53,21 +56,28 @@ def run(
         (_read_probabilities(path), np.asarray(reference.array))
         for (_, path), reference in zip(files, references, strict=True)
     ]
-    temperature = fit_temperature(cases)
+    label_names = {value: name for value, name in cohort.labels.items() if value}
+    fitted = fit_temperature(cases)
+    before = _mean_errors(cases, 1.0, label_names)
+    with_fitted = _mean_errors(cases, fitted, label_names)
+    # The least negative log-likelihood need not be the least calibration error: a few voxels
+    # confidently wrong (a boundary off by one) pull T up while the rest were calibrated. A
+    # temperature that raises the out-of-fold error is not applied.
+    temperature = fitted if _overall(with_fitted) < _overall(before) else 1.0
     entropies = [foreground_entropy(p, p.argmax(0)) for p, _ in cases]
     entropies = [e for e in entropies if e is not None]
-    label_names = {value: name for value, name in cohort.labels.items() if value}
     result = {
         "temperature": temperature,
-        "n_cases": len(cases),
-        "cases": [name for name, _ in files],
+        "fitted_temperature": fitted,
+        "n_cases": len(cases),  # no case names: the model directory holds no patient's
         "uncertainty": {
             "limit": UNCERTAINTY_MARGIN * float(np.percentile(entropies, 99)) if entropies else None,
             "out_of_fold": entropies,
         },
         "ece": {
-            "before": _mean_errors(cases, 1.0, label_names),
-            "after": _mean_errors(cases, temperature, label_names),
+            "before": before,
+            "after": with_fitted if temperature != 1.0 else before,
+            "fitted": with_fitted,
         },
         "lesion_thresholds": _lesion_thresholds(
             params, detection, cases, [r.spacing for r in references], temperature, cohort.labels
@@ -157,6 +167,12 @@ def _read_probabilities(path: Path) -> np.ndarray:
     """(classes, x, y, z) float32, floored at half a stored step and summing to 1 again."""
     probabilities = np.maximum(read_probabilities(path), STORED_FLOOR)
     return probabilities / probabilities.sum(0, keepdims=True)
+
+
+def _overall(errors: dict[str, float | None]) -> float:
+    """The labels' calibration errors as one figure: their mean, over those defined."""
+    defined = [e for e in errors.values() if e is not None]
+    return float(np.mean(defined)) if defined else 0.0
 
 
 def _mean_errors(cases, temperature: float, label_names: dict[int, str]) -> dict[str, float | None]:

@@ -23,13 +23,12 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(0, keepdims=True)
 
 
-@pytest.fixture
-def over_confident_crossval(cohort, tmp_path):
-    """Each training case's label redrawn from smooth random logits z; its out-of-fold
-    probabilities softmax(3 z), stored as resseg crossval stores them (two folds)."""
+def write_crossval(cohort, folder, model) -> None:
+    """Each training case's label redrawn from random logits z (labels drawn from softmax(z));
+    its out-of-fold probabilities ``model(z, label, rng)``, stored as resseg crossval stores
+    them (two folds)."""
     rng = np.random.default_rng(0)
-    found = load_cohort(cohort)
-    for index, case in enumerate(found.training):
+    for index, case in enumerate(load_cohort(cohort).training):
         reference = read_volume(case.label)
         logits = rng.normal(0, 1.0, (3, *reference.shape)).astype(np.float32)
         logits[1:] += 0.5  # foreground as often as background, so every class is calibrated
@@ -37,10 +36,37 @@ def over_confident_crossval(cohort, tmp_path):
         draw = rng.random(reference.shape)
         label = (draw > p[0]).astype(np.uint8) + (draw > p[0] + p[1]).astype(np.uint8)
         write_volume(case.label, label, reference.affine)
-        fold = tmp_path / "crossval" / f"fold_{index % 2}" / PROBABILITIES_FOLDER
+        fold = folder / f"fold_{index % 2}" / PROBABILITIES_FOLDER
         fold.mkdir(parents=True, exist_ok=True)
-        write_probabilities(fold / f"{case.name}.nii.gz", softmax(3 * logits), reference.affine)
+        write_probabilities(fold / f"{case.name}.nii.gz", model(logits, label, rng), reference.affine)
+
+
+@pytest.fixture
+def over_confident_crossval(cohort, tmp_path):
+    """softmax(3 z): three times over-confident."""
+    write_crossval(cohort, tmp_path / "crossval", lambda logits, label, rng: softmax(3 * logits))
     return tmp_path / "crossval"
+
+
+def calibrated_but_confidently_wrong_on_one_percent(logits, label, rng):
+    """softmax(z), calibrated, but 1% of the voxels given to a wrong class with certainty (a
+    boundary drawn one voxel off): the likelihood wants T > 1, which would soften the rest."""
+    probabilities = softmax(logits)
+    wrong = np.nonzero(rng.random(label.shape) < 0.01)
+    probabilities[(slice(None), *wrong)] = 0.0
+    probabilities[((label[wrong] + 1) % 3, *wrong)] = 1.0
+    return probabilities
+
+
+def test_a_temperature_that_would_raise_the_calibration_error_is_not_applied(cohort, tmp_path):
+    write_crossval(cohort, tmp_path / "crossval", calibrated_but_confidently_wrong_on_one_percent)
+    result = calibrate.run(
+        CalibrateParams(), DetectionParams(), [tmp_path / "crossval"], cohort, tmp_path / "c.json"
+    )
+    assert result["fitted_temperature"] > 1.2 and result["temperature"] == 1.0
+    for label in ("organ", "lesion"):
+        assert result["ece"]["fitted"][label] > 2 * result["ece"]["before"][label]
+        assert result["ece"]["after"][label] == result["ece"]["before"][label]
 
 
 def test_the_temperature_of_a_three_times_over_confident_model_is_three(
