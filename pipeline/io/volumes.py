@@ -201,6 +201,10 @@ def _read_nifti(path: Path) -> Volume:
         )
     affine, forms = _nifti_geometry(path, image)
     array = _read_nifti_data(path, image.dataobj)
+    if not array.dtype.isnative:
+        # A big-endian file (nibabel's own test MRI is one): torch, and so every MONAI transform,
+        # refuses arrays of the other byte order.
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.ndim == 5:
         array = array[:, :, :, 0, :]
     return Volume(array=array, affine=affine, nifti=forms)

@@ -91,9 +91,15 @@ def test_predict_says_which_scans_to_review_and_why(
     write_volume(scans / "clean.nii.gz", test_scan.array, test_scan.affine)
     noisy = test_scan.array + np.random.default_rng(0).normal(0, 150, test_scan.shape)
     write_volume(scans / "noisy.nii.gz", noisy.astype(np.float32), test_scan.affine)
+    shutil.copy(
+        Path(data_path) / "anatomical.nii", scans / "brain_mri.nii"
+    )  # big-endian, as nibabel wrote it
     out = tmp_path / "out"
     assert main(["predict", "--input", str(scans), "--output", str(out), "--model", str(random_model)]) == 0
     rows = {row["scan"]: row for row in csv.DictReader((out / "summary.csv").open(encoding="utf-8"))}
     assert rows["clean"]["review"] == "no" and rows["clean"]["review_reasons"] == ""
     assert rows["noisy"]["review"] == "yes" and "noise 0 " in rows["noisy"]["review_reasons"]
     assert float(rows["noisy"]["shift_score"]) > 1 >= float(rows["clean"]["shift_score"])
+    assert (
+        rows["brain_mri"]["status"] == "ok" and "intensity histogram" in rows["brain_mri"]["review_reasons"]
+    )
