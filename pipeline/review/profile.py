@@ -76,7 +76,7 @@ class Finding:
                 f"training cohort's (at most {self.high:.2f})"
             )
         unit = UNITS.get(kind, "")
-        allowed = f"{self.low:.3g}-{self.high:.3g}{unit}"
+        allowed = f"{self.low:.3g} to {self.high:.3g}{unit}"
         return f"{kind} {which} {self.value:.3g}{unit} outside the training range {allowed}"
 
 

@@ -255,7 +255,7 @@ def _write_report(path: Path, result: dict, profile: CohortProfile, descriptions
             name,
             _span(c["training"]),
             _span(c["new"]),
-            f"{c['range'][0]:.4g} - {c['range'][1]:.4g}",
+            f"{c['range'][0]:.4g} to {c['range'][1]:.4g}",
             f"{c['outside']} of {result['n_scans']}",
             "—" if c["ks_p_value"] is None else f"{c['ks_p_value']:.2g}",
             "yes" if name in flagged else "no",
