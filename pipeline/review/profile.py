@@ -9,7 +9,8 @@ case's distance to that histogram. From these follow the ranges a new scan is ch
   span for intensities), so that a cohort whose scans all share one spacing still lets a scan
   differ by rounding;
 - a channel's histogram distance (Jensen-Shannon, base 2: 0 for equal histograms, 1 for disjoint)
-  may reach HISTOGRAM_MARGIN times the largest distance of a training case.
+  may reach HISTOGRAM_MARGIN times the largest distance of a training case, and at least
+  HISTOGRAM_FLOOR (a cohort of one case, or of identical ones, is at distance 0 from itself).
 
 So a scan is flagged only beyond what the training cases themselves showed, with a margin; the
 synthetic cohort's own test scans lie inside (tests/review/test_flags.py).
@@ -35,6 +36,7 @@ RANGE_MARGIN = 0.25
 # noise by 50% of it, intensity percentiles by 5% of the cohort's p01-p99 span.
 FLOOR = {"spacing": 0.10, "extent": 0.10, "noise": 0.50, "intensity": 0.05}
 HISTOGRAM_MARGIN = 1.5
+HISTOGRAM_FLOOR = 0.05
 # What the reasons call each kind of feature.
 KIND_NAMES = {"spacing": "spacing", "extent": "field of view", "noise": "noise", "p01": "intensity"}
 KIND_NAMES |= {"p50": "intensity", "p99": "intensity", "histogram": "intensity"}
@@ -49,7 +51,7 @@ class Histogram:
 
     @property
     def limit(self) -> float:
-        return HISTOGRAM_MARGIN * max(self.case_distances)
+        return max(HISTOGRAM_MARGIN * max(self.case_distances), HISTOGRAM_FLOOR)
 
     def distance(self, samples: np.ndarray) -> float:
         return float(jensenshannon(_density(samples, self.edges), self.density, base=2))
@@ -131,7 +133,7 @@ class CohortProfile:
                 findings.append(Finding(name, value, low, high))
         for channel, histogram in enumerate(self.histograms):
             distance = histogram.distance(scan.samples[channel])
-            score = max(score, distance / histogram.limit if histogram.limit else 0.0)
+            score = max(score, distance / histogram.limit)
             if distance > histogram.limit:
                 findings.append(Finding(f"histogram_{channel}", distance, 0.0, histogram.limit))
         return ScanShift(score, findings)

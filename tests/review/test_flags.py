@@ -103,3 +103,11 @@ def test_predict_says_which_scans_to_review_and_why(
     assert (
         rows["brain_mri"]["status"] == "ok" and "intensity histogram" in rows["brain_mri"]["review_reasons"]
     )
+
+
+def test_a_cohort_of_one_case_admits_that_case_and_flags_another_modality(test_scan):
+    """Every range has zero width and the histogram distance 0: the floors keep the case itself
+    (and rounding) inside."""
+    one = CohortProfile.build([describe(test_scan)], [{}], [])
+    assert one.check(describe(test_scan)).findings == []
+    assert "intensity" in kinds(one, read_volume(Path(data_path) / "anatomical.nii"))
