@@ -33,6 +33,7 @@ train:
   val_every_n_epochs: 1
 predict: {overlap: 0.25}
 evaluate: {detection: {lesion_labels: [lesion]}}
+calibrate: {target_sensitivity: 0.5}
 """
 
 
@@ -124,6 +125,7 @@ def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
     assert (repo / "models/synthetic/fold_0/cohort_profile.json").is_file()
     calibration = json.loads((repo / "models/synthetic/calibration.json").read_text())
     assert calibration["n_cases"] == 3 and calibration["temperature"] > 0
+    assert calibration["lesion_thresholds"]["lesion"]["target_sensitivity"] == 0.5
     assert metrics["calibration"]["temperature"] == calibration["temperature"]
     summary = (repo / "data/predictions/summary.csv").read_text(encoding="utf-8").splitlines()
     assert "review" in summary[0].split(",") and len(summary) == 3

@@ -52,7 +52,12 @@ def test_two_process_ddp_training(preprocessed_dir, tmp_path):
 
     # One model directory, written once.
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["fold_0"]
-    assert {p.name for p in out.iterdir()} == {"model.json", "weights.pt", "checkpoints"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.json",
+        "weights.pt",
+        "cohort_profile.json",
+        "checkpoints",
+    }
     meta = json.loads((out / "model.json").read_text())
     assert meta["epochs"] == 2
 
