@@ -45,6 +45,7 @@ from pipeline.infer.outputs import ScanOutputs, scan_outputs, write_outputs
 from pipeline.infer.predictor import Predictor
 from pipeline.io import Volume, atomic_output, write_json
 from pipeline.io.atomic import MAX_NAME_BYTES, TEMPORARY_MARK, remove_stale_temporaries
+from pipeline.io.volumes import check_scan_values
 from pipeline.models.model_dir import MODEL_JSON, WEIGHTS, fold_dirs
 from pipeline.review.flags import COLUMNS as REVIEW_COLUMNS
 from pipeline.review.flags import Reviewer
@@ -355,18 +356,9 @@ def _check_memory(scan: Scan, needed: int) -> None:
 
 
 def _check_values(scan: Scan, volumes: list[Volume]) -> None:
-    """Refuse scans that a network turns into a clean-looking but meaningless mask: NaN or
-    infinite voxels (they poison every window they fall in: the mask comes out empty) and blank
-    scans, every voxel one value (a failed export; an all-zero one leaves nothing to predict
-    once cropped to its non-zero box)."""
     files = scan.sources if len(scan.sources) == len(volumes) else [scan.source] * len(volumes)
     for path, volume in zip(files, volumes, strict=True):
-        low, high = volume.array.min(), volume.array.max()  # NaN and infinities show in these
-        if not (np.isfinite(low) and np.isfinite(high)):
-            bad = volume.array.size - np.count_nonzero(np.isfinite(volume.array))
-            raise InputDataError(f"{path}: {bad} of {volume.array.size} voxels are NaN or infinite")
-        if low == high:
-            raise InputDataError(f"{path}: every voxel is {low:g}, a blank scan: nothing to segment")
+        check_scan_values(path, volume)
 
 
 def _geometry_warning(volume: Volume) -> str | None:

@@ -129,7 +129,10 @@ class Predictor:
             fold_foregrounds.append(_foreground(fold))
             probabilities += fold
         probabilities /= len(self.networks)
-        disagreement = fold_disagreement(fold_foregrounds, _foreground(probabilities))
+        # With one fold there is nothing to disagree: no argmax over the ensemble's grid.
+        disagreement = (
+            fold_disagreement(fold_foregrounds, _foreground(probabilities)) if fold_foregrounds else None
+        )
         data["probabilities"] = MetaTensor(
             probabilities[0], meta=image.meta, applied_operations=image.applied_operations
         )

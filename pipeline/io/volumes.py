@@ -139,6 +139,19 @@ class Volume:
         return Volume(array, affine)
 
 
+def check_scan_values(path: Path, volume: Volume) -> None:
+    """Refuse scans that a network turns into a clean-looking but meaningless mask (and whose
+    features would be NaN): NaN or infinite voxels (they poison every window they fall in: the
+    mask comes out empty) and blank scans, every voxel one value (a failed export; an all-zero
+    one leaves nothing to predict once cropped to its non-zero box)."""
+    low, high = volume.array.min(), volume.array.max()  # NaN and infinities show in these
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = volume.array.size - np.count_nonzero(np.isfinite(volume.array))
+        raise InputDataError(f"{path}: {bad} of {volume.array.size} voxels are NaN or infinite")
+    if low == high:
+        raise InputDataError(f"{path}: every voxel is {low:g}, a blank scan: nothing to segment")
+
+
 def volume_ending(path: str | Path) -> str | None:
     """The recognised file ending of ``path`` ('.nii.gz', '.nrrd' ...), or None."""
     name = Path(path).name.lower()
@@ -406,6 +419,7 @@ def read_probabilities(path: str | Path) -> np.ndarray:
             raise InputDataError(
                 f"{path}: expected class probabilities on the 4th axis, got shape {image.shape}"
             )
+        check_input_bytes(path, image.shape, image.dataobj.dtype.itemsize)
         return np.moveaxis(np.asarray(image.dataobj, dtype=np.float32), -1, 0)
     except InputDataError:
         raise

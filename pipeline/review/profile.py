@@ -139,17 +139,13 @@ class CohortProfile:
         return ScanShift(score, findings)
 
     def _range(self, name: str) -> tuple[float, float]:
-        values = np.array(self.features[name])
-        low, high = float(values.min()), float(values.max())
+        values = self.features[name]
         kind = name.split("_")[0]
         if kind in ("spacing", "extent", "noise"):
-            floor = FLOOR[kind] * abs(float(np.median(values)))
-        else:
-            channel = name.split("_")[1]
-            span = np.median(self.features[f"p99_{channel}"]) - np.median(self.features[f"p01_{channel}"])
-            floor = FLOOR["intensity"] * float(span)
-        margin = RANGE_MARGIN * (high - low) + floor
-        return low - margin, high + margin
+            return widened(values, FLOOR[kind] * abs(float(np.median(values))))
+        channel = name.split("_")[1]
+        span = np.median(self.features[f"p99_{channel}"]) - np.median(self.features[f"p01_{channel}"])
+        return widened(values, FLOOR["intensity"] * float(span))
 
     def to_dict(self) -> dict:
         return {
@@ -178,6 +174,13 @@ class CohortProfile:
             raise InputDataError(f"{path}: cannot be read ({err.strerror})") from None
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InputDataError(f"{path}: not a cohort profile written by resseg") from None
+
+
+def widened(values: list[float], floor: float) -> tuple[float, float]:
+    """The values' [min, max], widened on each side by RANGE_MARGIN of its width plus ``floor``."""
+    low, high = min(values), max(values)
+    margin = RANGE_MARGIN * (high - low) + floor
+    return low - margin, high + margin
 
 
 def count_values(acquisitions: list[dict[str, str]]) -> dict[str, dict[str, int]]:

@@ -33,11 +33,12 @@ from pipeline.cohort.dataset import load_cohort, read_acquisition
 from pipeline.errors import InputDataError, UserError
 from pipeline.evaluate.report import escape, html_image, html_table, png_data_uri, write_page
 from pipeline.infer.inputs import find_scans
-from pipeline.io import read_volume, write_json
+from pipeline.io import Volume, read_volume, write_json
 from pipeline.io.dicom import acquisition
+from pipeline.io.volumes import check_scan_values
 from pipeline.models.model_dir import fold_dirs
 from pipeline.review.features import ScanDescription, describe, label_features, stacked
-from pipeline.review.profile import PROFILE_JSON, CohortProfile, count_values
+from pipeline.review.profile import FLOOR, PROFILE_JSON, CohortProfile, count_values, widened
 
 FLAG_SHARE = 0.1
 FLAG_P_VALUE = 0.01
@@ -178,8 +179,10 @@ def _new_scans(cohort: Path, n_channels: int) -> tuple[list[NewScan], list[dict]
 
 def _case_reader(case, n_channels: int, labels: dict[int, str], recorded: dict[str, str] | None):
     def read() -> NewScan:
-        image = describe(read_volume(case.image, max_channels=n_channels))
-        return NewScan(case.name, image, _label_features(case.label, labels), recorded)
+        image = read_volume(case.image, max_channels=n_channels)
+        return NewScan(
+            case.name, _described(case.image, image), _label_features(case.label, labels), recorded
+        )
 
     return read
 
@@ -187,9 +190,16 @@ def _case_reader(case, n_channels: int, labels: dict[int, str], recorded: dict[s
 def _scan_reader(scan, n_channels: int):
     def read() -> NewScan:
         recorded = acquisition(scan.series) if scan.series else None
-        return NewScan(scan.name, describe(stacked(scan.read(n_channels))), None, recorded)
+        return NewScan(scan.name, _described(scan.source, stacked(scan.read(n_channels))), None, recorded)
 
     return read
+
+
+def _described(path: Path, image: Volume) -> ScanDescription:
+    """A scan with NaN voxels or all one value is refused, as resseg predict refuses it: its
+    features would be NaN, or say nothing."""
+    check_scan_values(path, image)
+    return describe(image)
 
 
 def _label_features(path: Path | None, labels: dict[int, str]) -> dict | None:
@@ -201,9 +211,8 @@ def _label_features(path: Path | None, labels: dict[int, str]) -> dict | None:
 
 
 def _label_range(values: list[float]) -> tuple[float, float]:
-    low, high = min(values), max(values)
-    margin = 0.25 * (high - low) + 0.1 * abs(float(np.median(values)))
-    return low - margin, high + margin
+    """As a size's range: label volumes and counts may differ by 10% of the cohort's median."""
+    return widened(values, FLOOR["spacing"] * abs(float(np.median(values))))
 
 
 def _compare(training: list[float], new: list[float], allowed: tuple[float, float]) -> dict:

@@ -166,3 +166,21 @@ def test_a_manufacturer_the_training_cohort_never_had_is_flagged(tmp_path):
     result = shift(tmp_path / "model", new, tmp_path)
     assert result["acquisition"]["Manufacturer"]["share_unseen"] == 1.0
     assert "Manufacturer" in result["flagged"] and "KVP" not in result["flagged"]
+
+
+def test_a_scan_with_a_nan_voxel_is_refused_as_predict_refuses_it(model, cohort_dir, tmp_path):
+    """Its percentiles would be NaN and turn every summary of the cohort into NaN."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for case in load_cohort(cohort_dir).test:
+        shutil.copy(case.image, folder / case.image.name)
+    scan = read_volume(load_cohort(cohort_dir).test[0].image)
+    poisoned = np.asarray(scan.array, np.float32).copy()
+    poisoned[3, 3, 3] = np.nan
+    write_volume(folder / "poisoned.nii.gz", poisoned, scan.affine)
+    result = shift(model, folder, tmp_path)
+    assert result["n_scans"] == 2 and result["features"]["p50_0"]["new"]["median"] is not None
+    (unreadable,) = result["unreadable"]
+    assert (
+        unreadable["scan"] == "poisoned" and "1 of" in unreadable["reason"] and "NaN" in unreadable["reason"]
+    )
