@@ -21,6 +21,7 @@ from pipeline.config import (
     validate_section,
 )
 from pipeline.errors import SOME_SCANS_FAILED, ConfigError, UserError
+from pipeline.io.dicom import SITE_ATTRIBUTES
 from pipeline.io.paths import check_outputs_apart
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -42,6 +43,7 @@ def import_cohort(args: argparse.Namespace) -> None:
         label_names=_names(args.labels, "--labels"),
         affine_tolerance_mm=validation.affine_tolerance_mm,
         skip_invalid=args.skip_invalid,
+        site_from=args.site_from,
     )
     reports = importers.run(args.source, args.format, args.out, options, args.report)
     print(f"{sum(not r.errors for r in reports)} cases imported to {args.out}; QC report in {args.report}")
@@ -151,6 +153,22 @@ def evaluate(args: argparse.Namespace) -> None:
         temperature,
     )
     print(f"{metrics['n_cases']} cases, {_dice_summary(metrics)}; report in {Path(args.out) / 'report.html'}")
+
+
+def compare(args: argparse.Namespace) -> None:
+    from pipeline.evaluate import compare as compare_stage
+
+    result = compare_stage.run(
+        _evaluate_params(args),
+        args.labels,
+        tuple(args.predictions),
+        args.out,
+        args.dataset_json,
+        tuple(args.probabilities) if args.probabilities else None,
+        compare_stage.parse_margins(args.margin) if args.margin else None,
+    )
+    print(compare_stage.table(result))
+    print(f"report in {Path(args.out) / 'report.html'}")
 
 
 def _evaluate_params(args: argparse.Namespace):
@@ -315,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--channels", help="folders/dicom: modality per channel, comma-separated (default CT)")
     sub.add_argument("--labels", help="folders/dicom: names of label values 1, 2, ..., comma-separated")
     sub.add_argument("--skip-invalid", action="store_true", help="import the valid cases, list the others")
+    sub.add_argument(
+        "--site-from",
+        choices=SITE_ATTRIBUTES,
+        help="dicom: each case's site from this attribute, kept as a pseudonym (a hash), never the name",
+    )
     sub.add_argument("--report", default=Path("reports/data_qc.json"), type=Path, help="QC report")
 
     sub = command("validate", validate, "QC every case of a cohort", ["report"], ["cohort"])
@@ -457,6 +480,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the model's calibration.json: the calibration error is also reported before its temperature",
     )
+    _evaluate_options(sub)
+
+    sub = command(
+        "compare",
+        compare,
+        "compare two models' predictions of the same cases, with paired statistics",
+        ["out"],
+        ["labels", "predictions", "dataset_json", "probabilities"],
+    )
+    sub.add_argument("--labels", required=True, type=Path)
+    sub.add_argument(
+        "--predictions", required=True, type=Path, nargs=2, metavar=("A", "B"), help="A: the model in use"
+    )
+    sub.add_argument("--out", required=True, type=Path)
+    sub.add_argument("--dataset-json", type=Path, help="dataset.json giving the label names")
+    sub.add_argument(
+        "--probabilities", type=Path, nargs=2, metavar=("A", "B"), help="each model's class probabilities"
+    )
+    sub.add_argument(
+        "--margin", help="non-inferiority margin per metric, e.g. dice=0.01,auroc=0.02 (hd95_mm in mm)"
+    )
+    _evaluate_options(sub)
+    return parser
+
+
+def _evaluate_options(sub: argparse.ArgumentParser) -> None:
     options = sub.add_argument_group("options overriding the evaluate section of the parameter file")
     options.add_argument("--lesion-labels", help="label names scored as lesions, comma-separated")
     options.add_argument("--nsd-tolerance-mm", type=float)
@@ -465,7 +514,6 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument("--operating-threshold", type=float)
     options.add_argument("--min-candidate-volume-mm3", type=float)
     options.add_argument("--dynamic-threshold", action="store_true", default=None)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,10 @@
     dataset.json            labels, modality/channel_names, training and test lists
     acquisition.json        imported from DICOM: each case's acquisition attributes (no identifier)
 
+A case entry (a training entry, or a test entry written as {"image": ...}) may carry
+``CASE_KEYS``: its ``patient`` (cases of one patient stay in one fold), its ``site`` and a free
+``group``, by which evaluation reports its metrics as well as pooled.
+
 Multi-channel cases (MRI T1 + T2, say) are 4D NIfTI files with channels on the last axis, as
 in MSD's own multi-modal tasks. ``labelsTs`` is our addition to MSD: the test labels that
 evaluation compares against.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import InputDataError
@@ -24,6 +28,10 @@ FILE_ENDING = ".nii.gz"
 ACQUISITION_JSON = "acquisition.json"
 # The folders of case files, each of which dataset.json must list.
 CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+CASE_KEYS = ("patient", "site", "group")
+# The subgroups that evaluation reports metrics for, and the name of a case without one.
+SUBGROUP_KEYS = ("site", "group")
+UNSPECIFIED = "unspecified"
 
 
 @dataclass(frozen=True)
@@ -31,8 +39,11 @@ class Case:
     name: str
     image: Path
     label: Path | None
-    # Optional "patient" of a training entry: cases of one patient stay in one fold.
-    patient: str | None = None
+    keys: dict[str, str] = field(default_factory=dict)  # CASE_KEYS the entry gives
+
+    @property
+    def patient(self) -> str | None:
+        return self.keys.get("patient")
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,16 @@ def write_dataset_json(
     labels: dict[int, str],
     training: list[str],
     test: list[str],
+    case_keys: dict[str, dict[str, str]] | None = None,
 ) -> None:
-    """Describe the case files under ``root``; lists are case names, written as MSD paths."""
+    """Describe the case files under ``root``; lists are case names, written as MSD paths, and
+    ``case_keys`` gives a case's CASE_KEYS (a test case with keys is written as a dict)."""
+    case_keys = case_keys or {}
+
+    def test_entry(case: str) -> str | dict:
+        image = f"./imagesTs/{case}{FILE_ENDING}"
+        return {"image": image, **case_keys[case]} if case_keys.get(case) else image
+
     channels = {str(i): channel for i, channel in enumerate(channel_names)}
     write_json(
         root / "dataset.json",
@@ -71,10 +90,14 @@ def write_dataset_json(
             "numTraining": len(training),
             "numTest": len(test),
             "training": [
-                {"image": f"./imagesTr/{c}{FILE_ENDING}", "label": f"./labelsTr/{c}{FILE_ENDING}"}
+                {
+                    "image": f"./imagesTr/{c}{FILE_ENDING}",
+                    "label": f"./labelsTr/{c}{FILE_ENDING}",
+                    **case_keys.get(c, {}),
+                }
                 for c in training
             ],
-            "test": [f"./imagesTs/{c}{FILE_ENDING}" for c in test],
+            "test": [test_entry(c) for c in test],
         },
     )
 
@@ -128,16 +151,49 @@ def load_cohort(root: str | Path, require_files: bool = True) -> Cohort:
     return Cohort(root, meta.get("name", root.name), channel_names, labels, training, test)
 
 
+def case_subgroups(meta_path: Path) -> dict[str, dict[str, str]]:
+    """SUBGROUP_KEY -> case name -> its value, for each key that some case of dataset.json gives;
+    a case without it is UNSPECIFIED. Empty when no case gives any (a dataset.json may list no
+    cases at all: nnU-Net's does not)."""
+    meta = read_dataset_json(meta_path)
+    try:
+        entries = [*meta.get("training", []), *meta.get("test", [])]
+        keys = {
+            case_name(Path(entry if isinstance(entry, str) else entry["image"])): _case_keys(meta_path, entry)
+            for entry in entries
+        }
+    except (KeyError, TypeError, AttributeError) as err:
+        raise InputDataError(f"{meta_path}: missing or malformed entry ({err!r})") from None
+    return {
+        key: {case: given.get(key, UNSPECIFIED) for case, given in keys.items()}
+        for key in SUBGROUP_KEYS
+        if any(key in given for given in keys.values())
+    }
+
+
 def _training_case(root: Path, meta_path: Path, entry: dict) -> Case:
     image = _inside(root, meta_path, entry["image"])
-    return Case(case_name(image), image, _inside(root, meta_path, entry["label"]), entry.get("patient"))
+    label = _inside(root, meta_path, entry["label"])
+    return Case(case_name(image), image, label, _case_keys(meta_path, entry))
 
 
 def _test_case(root: Path, meta_path: Path, entry: str | dict) -> Case:
     """A test entry: the image's path (MSD), or {"image": path}; its label, if any, in labelsTs."""
     image = _inside(root, meta_path, entry if isinstance(entry, str) else entry["image"])
     label = root / "labelsTs" / image.name
-    return Case(case_name(image), image, label if label.is_file() else None)
+    return Case(case_name(image), image, label if label.is_file() else None, _case_keys(meta_path, entry))
+
+
+def _case_keys(meta_path: Path, entry: str | dict) -> dict[str, str]:
+    """The CASE_KEYS an entry gives, each a non-empty text: a site becomes a key of the metrics and
+    a column of the report."""
+    if isinstance(entry, str):
+        return {}
+    keys = {key: entry[key] for key in CASE_KEYS if entry.get(key) is not None}
+    for key, value in keys.items():
+        if not (isinstance(value, str | int) and str(value).strip()):
+            raise InputDataError(f"{meta_path}: {key} {value!r} of {entry.get('image')!r} is not a name")
+    return {key: str(value) for key, value in keys.items()}
 
 
 def _inside(root: Path, meta_path: Path, entry: str) -> Path:

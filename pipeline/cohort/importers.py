@@ -33,6 +33,7 @@ from pipeline.io.dicom import (
     find_dicom_series,
     read_dicom_seg,
     read_dicom_series,
+    site_pseudonym,
 )
 from pipeline.io.volumes import case_name, volume_ending
 
@@ -47,6 +48,8 @@ class SourceCase:
     read: Callable[[], tuple[Volume, Volume | None]]  # image and label (None: unlabelled)
     # DICOM: the first channel's acquisition attributes (io/dicom.py), kept in acquisition.json
     acquisition: Callable[[], dict[str, str]] | None = None
+    # dataset.json's CASE_KEYS of the case (patient, site, group), read once the case is imported
+    keys: Callable[[], dict[str, str]] = dict
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ImportOptions:
     label_names: list[str] | None = None  # folders/dicom: names of label values 1, 2, ...
     affine_tolerance_mm: float = 1e-3
     skip_invalid: bool = False
+    site_from: str | None = None  # dicom: SITE_ATTRIBUTES, kept as a pseudonym
 
 
 def run(
@@ -85,6 +89,7 @@ def run(
         written = [r for r in reports if not r.errors]
         kept = {r.case for r in written}
         acquired = {c.name: c.acquisition() for c in cohort.cases if c.acquisition and c.name in kept}
+        case_keys = {c.name: c.keys() for c in cohort.cases if c.name in kept}
         if acquired:
             write_json(tmp / ACQUISITION_JSON, acquired)
         write_dataset_json(
@@ -94,6 +99,7 @@ def run(
             labels=cohort.labels,
             training=[r.case for r in written if r.split == "train"],
             test=[r.case for r in written if r.split == "test"],
+            case_keys=case_keys,
         )
     return reports
 
@@ -125,8 +131,11 @@ def from_msd(source: Path, options: ImportOptions) -> SourceCohort:
     per case."""
     cohort = load_cohort(source, require_files=False)
     n_channels = len(cohort.channel_names)
-    cases = [_channel_case(c.name, "train", [c.image], n_channels, c.label) for c in cohort.training]
-    cases += [_channel_case(c.name, "test", [c.image], n_channels, c.label) for c in cohort.test]
+    cases = [
+        _channel_case(c.name, split, [c.image], n_channels, c.label, c.keys)
+        for split, listed in (("train", cohort.training), ("test", cohort.test))
+        for c in listed
+    ]
     return SourceCohort(cohort.channel_names, cohort.labels, cases)
 
 
@@ -184,7 +193,9 @@ def from_dicom(source: Path, options: ImportOptions) -> SourceCohort:
     labels = _declared_labels(options, "dicom")
     patients = sorted(p for p in source.iterdir() if p.is_dir())
     return SourceCohort(
-        channel_names, labels, [_dicom_case(folder, channel_names, labels) for folder in patients]
+        channel_names,
+        labels,
+        [_dicom_case(folder, channel_names, labels, options.site_from) for folder in patients],
     )
 
 
@@ -200,7 +211,12 @@ SOURCES: dict[str, Callable[[Path, ImportOptions], SourceCohort]] = {
 
 
 def _channel_case(
-    name: str, split: str, channel_files: list[Path], n_channels: int, label: Path | None
+    name: str,
+    split: str,
+    channel_files: list[Path],
+    n_channels: int,
+    label: Path | None,
+    keys: dict[str, str] | None = None,
 ) -> SourceCase:
     def read() -> tuple[Volume, Volume | None]:
         if len(channel_files) == 1:
@@ -213,12 +229,18 @@ def _channel_case(
             raise InputDataError(f"{label}: label file not found (expected for case {name})")
         return image, read_volume(label)
 
-    return SourceCase(name, split, read)
+    return SourceCase(name, split, read, keys=lambda: dict(keys or {}))
 
 
-def _dicom_case(folder: Path, channel_names: list[str], labels: dict[int, str]) -> SourceCase:
-    def first_series() -> dict[str, str]:
-        return acquisition(_series_for_channels(folder, find_dicom_series(folder), channel_names)[0])
+def _dicom_case(
+    folder: Path, channel_names: list[str], labels: dict[int, str], site_from: str | None
+) -> SourceCase:
+    def first_series() -> DicomSeries:
+        return _series_for_channels(folder, find_dicom_series(folder), channel_names)[0]
+
+    def keys() -> dict[str, str]:
+        site = site_pseudonym(first_series(), site_from) if site_from else None
+        return {"site": site} if site else {}
 
     def read() -> tuple[Volume, Volume | None]:
         chosen = _series_for_channels(folder, find_dicom_series(folder), channel_names)
@@ -233,7 +255,7 @@ def _dicom_case(folder: Path, channel_names: list[str], labels: dict[int, str]) 
             return image, Volume(read_dicom_seg(segs[0], volumes[0], labels), image.affine)
         return image, read_volume(label_files[0]) if label_files else None
 
-    return SourceCase(folder.name, "train", read, first_series)
+    return SourceCase(folder.name, "train", read, lambda: acquisition(first_series()), keys)
 
 
 def _check_seg_reference(seg_path: Path, series: list[DicomSeries]) -> None:

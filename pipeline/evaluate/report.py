@@ -10,6 +10,8 @@ The page holds, from top to bottom:
 - Detection, per lesion label: CPM, lesion AP, the operating point, the sensitivity at each FP
   rate, case AUROC, AP, sensitivity and specificity, and the counts behind them
   (``pipeline.evaluate.detection``); a metric a cohort cannot define shows as "—" with its reason;
+- Per site and per group (where dataset.json gives its cases a site or group): the headline
+  metrics of each beside the pooled ones;
 - the curves of each lesion label: FROC, lesion precision-recall, case ROC and case precision-recall;
 - QC pictures of the best, median and worst case: axial, coronal and sagittal slices through the
   largest lesion, reference contours in green and prediction contours in red;
@@ -50,6 +52,8 @@ PREDICTION_COLOUR = "red"
 FOCUS_LINE_WIDTH = 2.0
 OTHER_LINE_WIDTH = 0.8
 # FROC x axis: FPs per scan on a log2 scale, a rate below or above it drawn at its edge.
+# metrics.json's key of per-subgroup metrics, and the heading of their table.
+SUBGROUP_HEADINGS = {"sites": "Per site", "groups": "Per group"}
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 FROC_X_LIMITS = (1 / 16, 16.0)
 STATUS_COLUMNS = {
@@ -179,6 +183,7 @@ def write_report(
         f"<p>{metrics['n_cases']} cases</p>",
         _segmentation_section(metrics["segmentation"]),
         _detection_section(detection),
+        *(_subgroup_section(metrics, key, heading) for key, heading in SUBGROUP_HEADINGS.items()),
         _curves_section(curves, detection),
         _calibration_section(metrics.get("calibration"), reliability or {}),
         _qc_section(qc_cases, label_names),
@@ -302,6 +307,32 @@ def _undefined(reason: str | None) -> str:
 
 def _number(value: float | None, decimals: int) -> str:
     return DASH if value is None else f"{value:.{decimals}f}"
+
+
+def _subgroup_section(metrics: Mapping, key: str, heading: str) -> str:
+    """The headline metrics of each site (or group) beside the pooled ones; empty when the
+    cohort gives none."""
+    if key not in metrics:
+        return ""
+    columns = {"all cases": metrics, **metrics[key]}
+    rows = [["cases", *(str(m["n_cases"]) for m in columns.values())]]
+    for metric, name, decimals in (("dice", "Dice", 3), ("nsd", "NSD", 3), ("hd95_mm", "HD95 (mm)", 2)):
+        for label in metrics["segmentation"][metric]:
+            rows.append(
+                [f"{name} {label}"]
+                + [_summary_mean(m["segmentation"][metric][label], decimals) for m in columns.values()]
+            )
+    for label in metrics.get("detection", {}):
+        for level, metric, name in (
+            ("lesion", "cpm", "CPM"),
+            ("lesion", "ap", "lesion AP"),
+            ("case", "auroc", "case AUROC"),
+        ):
+            rows.append(
+                [f"{name} {label}"]
+                + [_estimate(m["detection"][label][level][metric]) for m in columns.values()]
+            )
+    return f"<h2>{escape(heading)}</h2>\n" + html_table(["metric", *columns], rows)
 
 
 # --- Curves ----------------------------------------------------------------------------------------

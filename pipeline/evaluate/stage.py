@@ -2,8 +2,10 @@
 
 Cases are matched by file name. Writes to the output folder (schemas in the README):
 
-    metrics.json            aggregates: segmentation per label, detection per lesion label
-    per_case.csv            one row per case: every score, volumes, lesion counts, case score
+    metrics.json            aggregates: segmentation per label, detection per lesion label; the
+                            same for each site and group that dataset.json gives ("sites", "groups")
+    per_case.csv            one row per case: its site and group (where dataset.json gives them),
+                            every score, volumes, lesion counts, case score
     curves/<label>/*.csv    FROC, lesion PR, case ROC and case PR of each lesion label (DVC plots)
     report.html             the tables, the curves and QC pictures of the best, median and worst cases
 """
@@ -14,10 +16,12 @@ import csv
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.cohort.dataset import UNSPECIFIED, case_subgroups
 from pipeline.config import EvaluateParams
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.evaluate.calibration import calibration_errors, reliability_bins, undo_temperature
@@ -35,6 +39,8 @@ SEGMENTATION_COLUMNS = ("status", "dice", "nsd", "hd95_mm", "reference_ml", "pre
 # at the operating threshold, and the case score.
 DETECTION_COLUMNS = ("lesions", "candidates", "detected", "false_positives", "case_score")
 CURVES = ("froc", "lesion_pr", "roc", "case_pr")
+# metrics.json's key for the metrics of each site, or group, that dataset.json gives its cases.
+SUBGROUP_METRICS = {"site": "sites", "group": "groups"}
 
 # A label name usable as a folder name: not empty, "." or "..", without separators or NUL.
 FOLDER_NAME = re.compile(r"(?!\.\.?$)[^/\\\0]+")
@@ -94,15 +100,22 @@ def match_cases(
     ]
 
 
-def evaluate_cases(
-    params: EvaluateParams,
-    cases: list[CaseFiles],
-    out_dir: str | Path,
-    dataset_json: str | Path | None = None,
-    title: str = "evaluation",
-    temperature: float = 1.0,
-) -> dict:
-    """Evaluate ``cases`` and write every output of the stage to ``out_dir``; returns metrics.json."""
+@dataclass(frozen=True)
+class Scored:
+    """Every case's scores, with the labels they were scored on and their names."""
+
+    results: list[CaseResult]
+    label_values: list[int]
+    lesion_values: list[int]
+    names: dict[int, str]
+
+    def name(self, value: int) -> str:
+        return _name(self.names, value)
+
+
+def score_cases(params: EvaluateParams, cases: list[CaseFiles], dataset_json: str | Path | None) -> Scored:
+    """Each case's segmentation scores and lesion detections, under the labels of ``dataset_json``
+    (without it, those found in the masks)."""
     names = _label_names(dataset_json)
     declared = sorted(v for v in names if v != 0) or None
     lesion_values = [
@@ -114,30 +127,34 @@ def evaluate_cases(
     results = [evaluate_case(files, declared, tolerance, lesion_values, params.detection) for files in cases]
     label_values = declared or sorted({v for r in results for v in r.scores})
     results = [_with_absent_labels(r, label_values) for r in results]
+    return Scored(results, label_values, lesion_values, names)
 
-    metrics = {
-        "n_cases": len(results),
-        "segmentation": _segmentation_summary(params, results, label_values, names),
-    }
-    metrics["detection"], curves = {}, {}
-    for value in lesion_values:
-        detection = detection_metrics(
-            [r.detections[value] for r in results],
-            operating_threshold=params.detection.operating_threshold,
-            case_score=params.detection.case_score,
-            n_resamples=params.bootstrap_resamples,
-            seed=params.seed,
-        )
-        curves[_name(names, value)] = detection.pop("curves")
-        metrics["detection"][_name(names, value)] = detection
+
+def evaluate_cases(
+    params: EvaluateParams,
+    cases: list[CaseFiles],
+    out_dir: str | Path,
+    dataset_json: str | Path | None = None,
+    title: str = "evaluation",
+    temperature: float = 1.0,
+) -> dict:
+    """Evaluate ``cases`` and write every output of the stage to ``out_dir``; returns metrics.json."""
+    scored = score_cases(params, cases, dataset_json)
+    metrics, curves = cohort_metrics(params, scored, range(len(cases)))
+    subgroups = _subgroups(dataset_json, [files.name for files in cases])
+    for key, case_values in subgroups.items():
+        metrics[SUBGROUP_METRICS[key]] = {
+            value: cohort_metrics(params, scored, [i for i, v in enumerate(case_values) if v == value])[0]
+            for value in sorted(set(case_values))
+        }
     reliability = {}
     if cases and all(files.probabilities is not None for files in cases):
         metrics["calibration"], reliability = calibration_summary(
-            cases, {v: _name(names, v) for v in label_values}, temperature
+            cases, {v: scored.name(v) for v in scored.label_values}, temperature
         )
 
     out_dir = Path(out_dir)
-    columns, rows = _per_case_table(params, results, label_values, lesion_values, names)
+    columns, rows = _per_case_table(params, scored, subgroups)
     write_json(out_dir / "metrics.json", metrics)
     _write_csv(out_dir / "per_case.csv", columns, rows)
     # The folder is a DVC output, there even when no lesion label is scored.
@@ -152,14 +169,45 @@ def evaluate_cases(
         out_dir / "report.html",
         title=title,
         metrics=metrics,
-        label_names={v: _name(names, v) for v in label_values},
+        label_names={v: scored.name(v) for v in scored.label_values},
         per_case_columns=columns,
         per_case_rows=rows,
         curves=curves,
         reliability=reliability,
-        qc_cases=_qc_cases(cases, results, lesion_values or label_values),
+        qc_cases=_qc_cases(cases, scored.results, scored.lesion_values or scored.label_values),
     )
     return metrics
+
+
+def cohort_metrics(params: EvaluateParams, scored: Scored, indices) -> tuple[dict, dict]:
+    """The segmentation and detection metrics of the cases at ``indices``, with their intervals,
+    and the detection curves of each lesion label."""
+    results = [scored.results[i] for i in indices]
+    metrics = {
+        "n_cases": len(results),
+        "segmentation": _segmentation_summary(params, results, scored.label_values, scored.names),
+        "detection": {},
+    }
+    curves = {}
+    for value in scored.lesion_values:
+        detection = detection_metrics(
+            [r.detections[value] for r in results],
+            operating_threshold=params.detection.operating_threshold,
+            case_score=params.detection.case_score,
+            n_resamples=params.bootstrap_resamples,
+            seed=params.seed,
+        )
+        curves[scored.name(value)] = detection.pop("curves")
+        metrics["detection"][scored.name(value)] = detection
+    return metrics, curves
+
+
+def _subgroups(dataset_json: str | Path | None, case_names: list[str]) -> dict[str, list[str]]:
+    """SUBGROUP_KEY -> the value of each case, in order, for each key dataset.json gives."""
+    if dataset_json is None:
+        return {}
+    given = case_subgroups(Path(dataset_json))
+    return {key: [values.get(name, UNSPECIFIED) for name in case_names] for key, values in given.items()}
 
 
 def calibration_summary(
@@ -252,19 +300,16 @@ def _with_absent_labels(result: CaseResult, label_values: list[int]) -> CaseResu
 
 
 def _per_case_table(
-    params: EvaluateParams,
-    results: list[CaseResult],
-    label_values: list[int],
-    lesion_values: list[int],
-    names: dict[int, str],
+    params: EvaluateParams, scored: Scored, subgroups: dict[str, list[str]]
 ) -> tuple[list[str], list[list[str]]]:
-    columns = ["case"]
-    columns += [f"{column}_{_name(names, v)}" for v in label_values for column in SEGMENTATION_COLUMNS]
-    columns += [f"{column}_{_name(names, v)}" for v in lesion_values for column in DETECTION_COLUMNS]
+    label_values, lesion_values = scored.label_values, scored.lesion_values
+    columns = ["case", *subgroups]
+    columns += [f"{column}_{scored.name(v)}" for v in label_values for column in SEGMENTATION_COLUMNS]
+    columns += [f"{column}_{scored.name(v)}" for v in lesion_values for column in DETECTION_COLUMNS]
     threshold = params.detection.operating_threshold
     rows = []
-    for r in results:
-        row = [r.name]
+    for i, r in enumerate(scored.results):
+        row = [r.name, *(values[i] for values in subgroups.values())]
         for v in label_values:
             scores = r.scores[v]
             row += [

@@ -3,6 +3,7 @@ through pydicom, mapped onto their image's voxel grid by geometry."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,20 @@ ACQUISITION_ATTRIBUTES = (
     "ContrastBolusAgent",
     "ConvolutionKernel",
 )
+
+
+# What a case's site may be derived from (resseg import --site-from).
+SITE_ATTRIBUTES = ("InstitutionName", "Manufacturer")
+
+
+def site_pseudonym(series: DicomSeries, attribute: str) -> str | None:
+    """The site of a series as ``site-`` and the first 12 hex digits of the SHA-256 of
+    ``attribute``'s value (case and surrounding spaces ignored); None where the tag is absent or
+    blank. The name itself is never written; but a hash of a public name is a pseudonym, not a
+    secret: whoever holds a list of hospital names can find which one it is."""
+    header = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    value = str(getattr(header, attribute, "") or "").strip().casefold()
+    return f"site-{hashlib.sha256(value.encode()).hexdigest()[:12]}" if value else None
 
 
 def acquisition(series: DicomSeries) -> dict[str, str]:

@@ -149,3 +149,48 @@ def test_dicom_patients_with_seg_or_nifti_labels(tmp_path):
     for case in cohort.training:
         np.testing.assert_array_equal(read_volume(case.label).array, masks[case.name])
         assert read_volume(case.image).spacing == pytest.approx((0.7, 0.9, 2.5))
+
+
+def test_msd_import_keeps_patient_site_and_group(cohort_dir, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(cohort_dir, source)
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["training"][0] |= {"patient": "p7", "site": "north", "group": "contrast"}
+    meta["test"][1] = {"image": meta["test"][1], "site": "south"}
+    (source / "dataset.json").write_text(json.dumps(meta))
+    run(source, "msd", tmp_path / "out")
+    cohort = load_cohort(tmp_path / "out")
+    assert cohort.training[0].keys == {"patient": "p7", "site": "north", "group": "contrast"}
+    assert cohort.training[0].patient == "p7" and cohort.training[1].keys == {}
+    assert cohort.test[1].keys == {"site": "south"} and cohort.test[0].keys == {}
+
+
+def test_dicom_site_is_a_pseudonym_of_the_institution(tmp_path):
+    import hashlib
+
+    import pydicom
+
+    from pipeline.io.dicom import find_dicom_series, read_dicom_series
+    from tests.io.test_dicom import write_series
+
+    rng = np.random.default_rng(3)
+    institutions = {"p1": "St. Elsewhere Hospital", "p2": " st. elsewhere hospital ", "p3": None}
+    for index, (patient, institution) in enumerate(institutions.items()):
+        hu = rng.integers(-1000, 400, size=(8, 8, 4)).astype(np.int16)
+        folder = tmp_path / "dicom" / patient
+        write_series(folder, hu, uid=f"1.2.826.0.1.3680043.2.1125.{30 + index}")
+        for path in folder.iterdir():
+            header = pydicom.dcmread(path)
+            if institution is not None:
+                header.InstitutionName = institution
+            header.save_as(path)
+        image = read_dicom_series(find_dicom_series(folder)[0])
+        write_volume(folder / "label.nii.gz", (hu > 0).astype(np.uint8), image.affine)
+    options = importers.ImportOptions(channel_names=["CT"], label_names=["organ"], site_from="InstitutionName")
+    run(tmp_path / "dicom", "dicom", tmp_path / "out", options)
+    expected = "site-" + hashlib.sha256(b"st. elsewhere hospital").hexdigest()[:12]
+    cohort = load_cohort(tmp_path / "out")
+    # Case and surrounding spaces do not make another site; a case without the tag has none.
+    assert [c.keys for c in cohort.training] == [{"site": expected}, {"site": expected}, {}]
+    written = "".join(p.read_text() for p in (tmp_path / "out").glob("*.json")).casefold()
+    assert "elsewhere" not in written

@@ -148,8 +148,8 @@ def test_an_oblique_scan_is_planned_and_segmented_in_its_nearest_ras_frame(store
     oblique_affine = rotation_about_z(20.0) @ straight.affine
     for kind, path in (("image", case.image), ("label", case.label)):
         write_volume(tmp_path / f"{kind}.nii.gz", np.asarray(read_volume(path).array), oblique_affine)
-    twin = type(case)(case.name, case.image, case.label, case.patient)
-    oblique = type(case)(case.name, tmp_path / "image.nii.gz", tmp_path / "label.nii.gz", case.patient)
+    twin = type(case)(case.name, case.image, case.label, case.keys)
+    oblique = type(case)(case.name, tmp_path / "image.nii.gz", tmp_path / "label.nii.gz", case.keys)
     labels = load_cohort(cohort).labels
     got, want = fingerprint_case(oblique, 1, labels, seed=0), fingerprint_case(twin, 1, labels, seed=0)
     np.testing.assert_allclose(got.spacing, want.spacing, atol=1e-6)
