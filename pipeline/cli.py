@@ -25,6 +25,7 @@ from pipeline.io.dicom import SITE_ATTRIBUTES
 from pipeline.io.paths import check_outputs_apart
 
 DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_LOCK = Path("dvc.lock")
 
 
 def synth(args: argparse.Namespace) -> None:
@@ -102,7 +103,7 @@ def predict(args: argparse.Namespace) -> int:
     params = _params(args)
     result = batch.run(
         _predictor(args, args.folds, calibrate=args.calibration),
-        batch.model_identity(args.model, args.folds),
+        batch.model_identity(args.model, args.folds, card=args.card),
         args.input,
         args.output,
         options,
@@ -165,7 +166,7 @@ def compare(args: argparse.Namespace) -> None:
         args.out,
         args.dataset_json,
         tuple(args.probabilities) if args.probabilities else None,
-        compare_stage.parse_margins(args.margin) if args.margin else None,
+        compare_stage.parse_margins(args.margin) if args.margin else _params(args).compare.margins,
     )
     print(compare_stage.table(result))
     print(f"report in {Path(args.out) / 'report.html'}")
@@ -237,6 +238,29 @@ def shift(args: argparse.Namespace) -> None:
         return
     result = shift_stage.run(model, args.cohort, args.out, args.report)
     print(shift_stage.table(result))
+
+
+def card(args: argparse.Namespace) -> None:
+    from pipeline import card as card_stage
+
+    # Outside a DVC project (no dvc.lock here) the card says its provenance was not measured.
+    lock = args.dvc_lock if args.dvc_lock is not None else DEFAULT_LOCK if DEFAULT_LOCK.is_file() else None
+    written = card_stage.run(
+        _params(args).card, args.model, args.out_dir, args.crossval_reports, args.metrics, args.splits, lock
+    )
+    missing = [
+        name
+        for name, value in (
+            ("out-of-fold metrics", written.content["evaluation"]["out_of_fold"]),
+            ("test metrics", written.content["evaluation"]["test"]),
+            ("calibration", written.content["calibration"]),
+            ("provenance", written.content["provenance"]),
+        )
+        if value == card_stage.NOT_MEASURED
+    ]
+    out_dir = args.out_dir if args.out_dir is not None else args.model
+    note = f"; not measured: {', '.join(missing)}" if missing else ""
+    print(f"model card written to {out_dir} (model_card.json SHA-256 {written.sha256[:16]}...{note})")
 
 
 def _predictor(args: argparse.Namespace, folds: list[int] | None = None, calibrate: bool = True):
@@ -413,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="apply the model's temperature to the probabilities (default: on, when the model has one)",
     )
+    sub.add_argument(
+        "--card",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record the model card's SHA-256 in run.json (default: on, when the card is of these weights)",
+    )
 
     sub = command(
         "crossval",
@@ -460,6 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, type=Path, help="shift.json")
     sub.add_argument("--report", type=Path, help="an HTML page with a plot per feature")
 
+    # The card is written into the model directory by design: --model is not an input kept apart.
+    sub = command(
+        "card",
+        card,
+        "write a model's card (MODEL_CARD.md, model_card.json) from what the pipeline measured",
+        ["out_dir"],
+        ["crossval_reports", "metrics", "splits", "dvc_lock"],
+    )
+    sub.add_argument("--model", required=True, type=Path, help="model directory, e.g. models/NAME")
+    sub.add_argument("--crossval-reports", type=Path, help="folder of crossval's fold_<k>/metrics.json")
+    sub.add_argument("--metrics", type=Path, help="the test split's metrics.json (resseg evaluate)")
+    sub.add_argument("--splits", type=Path, help="splits.json: the case counts per fold")
+    sub.add_argument(
+        "--dvc-lock", type=Path, help="the DVC hashes the folds came from (default: ./dvc.lock if present)"
+    )
+    sub.add_argument("--out-dir", type=Path, help="where to write the card (default: the model directory)")
+
     sub = command(
         "evaluate",
         evaluate,
@@ -499,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--probabilities", type=Path, nargs=2, metavar=("A", "B"), help="each model's class probabilities"
     )
     sub.add_argument(
-        "--margin", help="non-inferiority margin per metric, e.g. dice=0.01,auroc=0.02 (hd95_mm in mm)"
+        "--margin",
+        help="non-inferiority margin per metric, e.g. dice=0.01,auroc=0.02 (hd95_mm in mm); "
+        "default: compare.margins of the parameter file",
     )
     _evaluate_options(sub)
     return parser

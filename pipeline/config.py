@@ -271,6 +271,35 @@ class CalibrateParams(Section):
         return self
 
 
+class CompareParams(Section):
+    # Retraining on a new site: the model in use (a model directory), compared with this
+    # pipeline's model on the test split of each cohort listed (dvc.yaml's compare stages).
+    baseline: str | None = None
+    cohorts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = []
+    # Non-inferiority margin per metric (resseg compare --margin): dice, nsd, hd95_mm (mm),
+    # lesion_ap, cpm, auroc.
+    margins: dict[
+        Literal["dice", "nsd", "hd95_mm", "lesion_ap", "cpm", "auroc"], Annotated[float, Field(ge=0)]
+    ] = {}
+
+    @model_validator(mode="after")
+    def _baseline_to_compare(self) -> CompareParams:
+        if self.cohorts and self.baseline is None:
+            raise ValueError("cohorts to compare on need a baseline model")
+        return self
+
+
+class CardParams(Section):
+    """What the team states in the model card (pipeline/card.py); an empty field reads "not stated"."""
+
+    title: str = ""  # "": the model directory's name
+    intended_use: str = ""
+    out_of_scope: str = ""
+    limitations: str = ""
+    contact: str = ""
+    license: str = ""
+
+
 class Params(Section):
     # The cohort the pipeline runs on: a folder name under data/raw/ (dvc.yaml reads it).
     cohort: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
@@ -285,6 +314,8 @@ class Params(Section):
     predict: PredictParams = PredictParams()
     evaluate: EvaluateParams = EvaluateParams()
     calibrate: CalibrateParams = CalibrateParams()
+    compare: CompareParams = CompareParams()
+    card: CardParams = CardParams()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

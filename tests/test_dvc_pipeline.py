@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.test_dvc_deps import command_files, stages
+from tests.test_dvc_deps import stage_files, stages
 
 TINY_PARAMS = """
 cohort: synthetic
@@ -34,6 +35,8 @@ train:
 predict: {overlap: 0.25}
 evaluate: {detection: {lesion_labels: [lesion]}}
 calibrate: {target_sensitivity: 0.5}
+compare: {cohorts: []}
+card: {intended_use: Testing the pipeline.}
 """
 
 
@@ -102,7 +105,7 @@ def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
     for noise in ("Warning", "deprecated", "Tip:", "TPU available", "Total params"):
         assert noise not in out, noise
     stages_run = ("synth", "validate", "preprocess", "split", "train@0", "crossval@0", "calibrate", "shift")
-    for stage in (*stages_run, "predict", "evaluate"):
+    for stage in (*stages_run, "predict", "evaluate", "card"):
         assert f"Running stage '{stage}'" in out
     # Out-of-fold: fold 0 of 2 holds out 3 of the 6 training cases, each segmented and scored.
     validation = json.loads((repo / "data/splits.json").read_text())[0]["val"]
@@ -130,6 +133,19 @@ def test_repro_then_up_to_date_then_experiment(repo: Path, tmp_path_factory):
     summary = (repo / "data/predictions/summary.csv").read_text(encoding="utf-8").splitlines()
     assert "review" in summary[0].split(",") and len(summary) == 3
     assert json.loads((repo / "reports/shift.json").read_text())["model"] is None
+    # The model card: the figures above, and the DVC hashes of this run's training (dvc.lock was
+    # written stage by stage, so the card stage read train@0's entry of this run).
+    card = json.loads((repo / "models/synthetic/model_card.json").read_text(encoding="utf-8"))
+    assert (repo / "models/synthetic/MODEL_CARD.md").is_file()
+    evaluation, fitted = card["evaluation"], card["calibration"]["out_of_fold"]
+    assert evaluation["test"]["n_cases"] == 2 and evaluation["out_of_fold"]["0"]["n_cases"] == 3
+    assert fitted["temperature"] == pytest.approx(calibration["temperature"], rel=1e-5)
+    trained = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train@0"]
+    fold = next(out for out in trained["outs"] if out["path"] == "models/synthetic/fold_0")
+    assert card["provenance"]["training"]["train@0"]["outs"]["models/synthetic/fold_0"] == fold["md5"]
+    assert set(card["provenance"]["data"]) >= {"data/raw/synthetic", "data/preprocessed", "data/splits.json"}
+    # The test split's predictions came before the card, and say so.
+    assert json.loads((repo / "data/predictions/run.json").read_text())["model"]["card_sha256"] is None
 
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo)
 
@@ -173,14 +189,15 @@ def test_two_clones_give_the_same_lock_and_a_code_edit_reruns_the_stages_that_im
         run(["dvc", "repro"], clone)
     assert (first / "dvc.lock").read_bytes() == (second / "dvc.lock").read_bytes()
 
-    commands = command_files()  # each stage runs the resseg command of its name; folds: [0]
+    files = stage_files()  # folds: [0]; no cohort to compare on, so no compare stage
     names = {stage: f"{stage}@0" if stage in ("train", "crossval") else stage for stage in stages()}
+    del names["compare"]
     for module in ("pipeline/parallel.py", "pipeline/config.py", "pipeline/io/volumes.py"):
         edited = first / module
         original = edited.read_bytes()
         edited.write_bytes(original + b"\n# edited\n")
         status = json.loads(run(["dvc", "status", "--json"], first))
         edited.write_bytes(original)
-        expected = {names[stage] for stage in names if REPO_ROOT / module in commands[stage]}
+        expected = {names[stage] for stage in names if REPO_ROOT / module in files[stage]}
         assert set(status) == expected, module
         assert expected  # every module here is imported by some stage

@@ -12,7 +12,7 @@ from pipeline.cli import main
 # Every path option of every command, each input with its kind: the clash is refused whatever the
 # files hold, so folders hold one small file and files a few bytes.
 FOLDERS = {"--input", "--model", "--source", "--cohort", "--preprocessed", "--labels", "--predictions",
-           "--probabilities", "--images"}  # fmt: skip
+           "--probabilities", "--images", "--crossval-reports"}  # fmt: skip
 COMMANDS = {
     "synth": (["--out"], []),
     "import": (["--out", "--report"], ["--source"]),
@@ -23,8 +23,10 @@ COMMANDS = {
     "predict": (["--output"], ["--input", "--model"]),
     "crossval": (["--masks", "--report"], ["--model", "--cohort", "--splits"]),
     "evaluate": (["--out"], ["--labels", "--predictions", "--probabilities", "--images", "--dataset-json"]),
+    # The card is written into --model by design: that one is not an input kept apart.
+    "card": (["--out-dir"], ["--crossval-reports", "--metrics", "--splits", "--dvc-lock"]),
 }
-EXTRA = {"import": ["--format", "msd"], "crossval": ["--fold", "0"]}
+EXTRA = {"import": ["--format", "msd"], "crossval": ["--fold", "0"], "card": ["--model", "model"]}
 # How the output is spelled against the input, and what the message calls it.
 RELATIONS = {
     "equal": (lambda source: source, "is the input"),

@@ -14,7 +14,8 @@ verdict is a non-inferiority test on the interval:
 
 Writes to the output folder:
 
-    compare.json    per label and metric: A, B, B - A, interval, p-value, margin and verdict
+    compare.json    per label and metric: A, B, B - A, interval, p-value, margin and verdict (a DVC
+                    metric: ``labels.<label>.<metric>.difference`` ...)
     compare.csv     the same as a table
     report.html     the table, and each case's Dice under both models
 """
@@ -77,44 +78,51 @@ def run(
         )
         for i, folder in enumerate(predictions)
     ]
-    comparisons = compare_scores(params, *scored, margins)
     result = {
         "a": str(predictions[0]),
         "b": str(predictions[1]),
         "n_cases": len(scored[0].results),
         "margins": margins,
-        "comparisons": comparisons,
+        "labels": compare_scores(params, *scored, margins),
     }
     out_dir = Path(out_dir)
     write_json(out_dir / "compare.json", result)
     with atomic_output(out_dir / "compare.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        writer.writerows(_cells(row) for row in comparisons)
+        writer.writerows(_table_rows(result))
     _write_report(out_dir / "report.html", result, scored)
     return result
 
 
-def compare_scores(params: EvaluateParams, a: Scored, b: Scored, margins: dict[str, float]) -> list[dict]:
-    """One row per label and metric, in the order of the labels."""
-    rows = []
-    label_values = sorted(set(a.label_values) | set(b.label_values))
-    for value in label_values:
-        for metric, higher_is_better in SEGMENTATION_METRICS.items():
-            difference = _paired(params, a, b, _mean_score(value, metric))
-            rows.append(_row(a.name(value), metric, difference, margins.get(metric), higher_is_better))
+def compare_scores(
+    params: EvaluateParams, a: Scored, b: Scored, margins: dict[str, float]
+) -> dict[str, dict[str, dict]]:
+    """Label name -> metric -> the comparison; segmentation metrics for every label, detection
+    metrics for the lesion labels."""
+    compared: dict[str, dict[str, dict]] = {}
+    for value in sorted(set(a.label_values) | set(b.label_values)):
+        compared[a.name(value)] = {
+            metric: _compared(_paired(params, a, b, _mean_score(value, metric)), margins.get(metric), better)
+            for metric, better in SEGMENTATION_METRICS.items()
+        }
     detection_metrics = {
         "lesion_ap": lesion_ap,
         "cpm": cpm,
         "auroc": lambda cases: case_auroc(cases, params.detection.case_score),
     }
     for value in a.lesion_values:
-        for metric, estimate in detection_metrics.items():
-            difference = _paired(params, a, b, _detection_estimate(value, estimate))
-            rows.append(
-                _row(a.name(value), metric, difference, margins.get(metric), DETECTION_METRICS[metric])
-            )
-    return rows
+        compared.setdefault(a.name(value), {}).update(
+            {
+                metric: _compared(
+                    _paired(params, a, b, _detection_estimate(value, estimate)),
+                    margins.get(metric),
+                    DETECTION_METRICS[metric],
+                )
+                for metric, estimate in detection_metrics.items()
+            }
+        )
+    return compared
 
 
 def verdict(low: float | None, high: float | None, margin: float, higher_is_better: bool) -> str:
@@ -147,7 +155,7 @@ def parse_margins(text: str) -> dict[str, float]:
 
 def table(result: dict) -> str:
     """compare.json as a table for the terminal."""
-    rows = [COLUMNS, *(_cells(row) for row in result["comparisons"])]
+    rows = [COLUMNS, *_table_rows(result)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     header = f"B ({result['b']}) against A ({result['a']}) on {result['n_cases']} cases; difference B - A"
@@ -180,13 +188,9 @@ def _paired(
     )
 
 
-def _row(
-    label: str, metric: str, difference: PairedDifference, margin: float | None, higher_is_better: bool
-) -> dict:
+def _compared(difference: PairedDifference, margin: float | None, higher_is_better: bool) -> dict:
     interval = difference.interval
     return {
-        "label": label,
-        "metric": metric,
         "higher_is_better": higher_is_better,
         **difference.as_json(),
         "margin": margin,
@@ -194,13 +198,22 @@ def _row(
     }
 
 
-def _cells(row: dict) -> list[str]:
+def _table_rows(result: dict) -> list[list[str]]:
+    """compare.json's comparisons as rows of COLUMNS."""
+    return [
+        _cells(label, metric, row)
+        for label, metrics in result["labels"].items()
+        for metric, row in metrics.items()
+    ]
+
+
+def _cells(label: str, metric: str, row: dict) -> list[str]:
     def number(key: str, decimals: int = 4) -> str:
         return "" if row[key] is None else f"{row[key]:.{decimals}f}"
 
     return [
-        row["label"],
-        row["metric"],
+        label,
+        metric,
         number("a"),
         number("b"),
         number("difference"),
@@ -235,7 +248,7 @@ def _write_report(path: Path, result: dict, scored: list[Scored]) -> None:
             f"<p>{result['n_cases']} cases. Difference B - A, with a paired bootstrap 95% interval over "
             "cases and a paired permutation p-value; the verdict tests non-inferiority of B at the "
             "margin given.</p>",
-            html_table(COLUMNS, [_cells(row) for row in result["comparisons"]]),
+            html_table(COLUMNS, _table_rows(result)),
             "<h2>Per case</h2>",
             html_table(per_case_columns, per_case_rows),
         ],

@@ -46,11 +46,9 @@ from pipeline.infer.predictor import Predictor
 from pipeline.io import Volume, atomic_output, write_json
 from pipeline.io.atomic import MAX_NAME_BYTES, TEMPORARY_MARK, remove_stale_temporaries
 from pipeline.io.volumes import check_scan_values
-from pipeline.models.model_dir import MODEL_JSON, WEIGHTS, fold_dirs
+from pipeline.models.model_dir import card_sha256, model_sha256
 from pipeline.review.flags import COLUMNS as REVIEW_COLUMNS
 from pipeline.review.flags import Reviewer
-from pipeline.review.model_calibration import CALIBRATION_JSON
-from pipeline.review.profile import PROFILE_JSON
 
 RECORDS_FOLDER = ".records"
 FORMAT_ENDINGS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
@@ -96,8 +94,8 @@ def run(
     reviewer: Reviewer | None = None,
 ) -> BatchResult:
     """Segment the scans of ``input_dir`` into ``output_dir``; ``model`` identifies the model in
-    run.json and in the records ({"path", "folds", "sha256"}); ``reviewer`` adds the review
-    columns (pipeline/review/flags.py)."""
+    run.json and in the records (model_identity: {"path", "folds", "sha256", "card_sha256"});
+    ``reviewer`` adds the review columns (pipeline/review/flags.py)."""
     input_dir = Path(input_dir)
     scans, unusable = find_scans(
         input_dir, predictor.description.plans.n_channels, options.recursive, options.name_by
@@ -304,17 +302,15 @@ def write_summary(
     return rows
 
 
-def model_identity(model_dir: Path, folds: list[int] | None = None) -> dict:
+def model_identity(model_dir: Path, folds: list[int] | None = None, card: bool = False) -> dict:
     """The model as run.json and the records name it; its SHA-256 covers the chosen folds'
     model.json, weights and training cohort profile and the model's calibration, so equal hashes
-    mean equal predictions and review columns."""
-    digest = hashlib.sha256()
-    for path in fold_dirs(Path(model_dir), folds):
-        for name in (MODEL_JSON, WEIGHTS, PROFILE_JSON):
-            digest.update((path / name).read_bytes() if (path / name).is_file() else b"")
-    calibration = Path(model_dir) / CALIBRATION_JSON
-    digest.update(calibration.read_bytes() if calibration.is_file() else b"")
-    return {"path": str(model_dir), "folds": folds, "sha256": digest.hexdigest()}
+    mean equal predictions and review columns (model_dir.model_sha256). ``card``: also the
+    SHA-256 of the model's card (model_card.json) where it describes these weights, else None;
+    the records' signature leaves it out, so a rewritten card redoes no scan."""
+    sha256 = model_sha256(Path(model_dir), folds)
+    described = card_sha256(Path(model_dir), sha256 if folds is None else None) if card else None
+    return {"path": str(model_dir), "folds": folds, "sha256": sha256, "card_sha256": described}
 
 
 def _timed_read(scan: Scan, n_channels: int) -> tuple[list[Volume], float, str | None]:

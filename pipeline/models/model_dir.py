@@ -2,10 +2,13 @@
 
 models/<name>/fold_<k>/
     model.json           network, plan (preprocessing + labels), patch size, resolved training
-                         parameters, fold, best validation Dice, what init_from loaded
+                         parameters, fold, best validation Dice, what init_from loaded, the
+                         software versions it was trained with
     weights.pt           the best checkpoint's network weights (tensors only)
     cohort_profile.json  what the training cohort looked like (no patient data; pipeline/review)
     checkpoints/         Lightning's best.ckpt and last.ckpt, for resuming
+models/<name>/calibration.json                the folds' temperature and review limits (calibrate)
+models/<name>/model_card.json, MODEL_CARD.md  what the model is, was trained on and measured (card.py)
 
 Each fold directory is complete on its own (DVC writes one per stage); a model is the set of
 its folds, which must agree on network, plan and patch size to be averaged.
@@ -13,10 +16,13 @@ its folds, which must agree on network, plan and patch size to be averaged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import platform
 import re
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -29,10 +35,15 @@ from pipeline.io import atomic_output, write_json
 from pipeline.models.networks import build_network
 from pipeline.preprocess.plans import Plans
 from pipeline.preprocess.reader import MAX_CHANNELS
+from pipeline.review.model_calibration import CALIBRATION_JSON
 from pipeline.review.profile import PROFILE_JSON, CohortProfile
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
+MODEL_CARD_JSON = "model_card.json"
+MODEL_CARD_MD = "MODEL_CARD.md"
+# The libraries whose versions can change what a model learns, recorded in model.json by training.
+TRAINING_SOFTWARE = ("torch", "lightning", "monai", "numpy", "scipy", "SimpleITK", "nibabel")
 # fold_0, fold_1 ...: a copy kept beside them (fold_0_old, fold_1.bak) is not a fold.
 FOLD_DIR = re.compile(r"fold_(0|[1-9][0-9]*)")
 # A mask holds uint8 label values; 256^3 voxels is 8 times the planner's default bound on a
@@ -106,6 +117,49 @@ def fold_dirs(model_dir: Path, folds: list[int] | None = None) -> list[Path]:
     if missing:
         raise InputDataError(f"{model_dir}: no trained fold {missing} (trained: {sorted(found)})")
     return [found[k] for k in folds]
+
+
+def model_sha256(model_dir: Path, folds: list[int] | None = None) -> str:
+    """The model's identity: the SHA-256 of the chosen folds' model.json, weights and training
+    cohort profile and of the model's calibration, so equal hashes mean equal predictions and
+    review columns."""
+    digest = hashlib.sha256()
+    for path in fold_dirs(Path(model_dir), folds):
+        for name in (MODEL_JSON, WEIGHTS, PROFILE_JSON):
+            digest.update((path / name).read_bytes() if (path / name).is_file() else b"")
+    calibration = Path(model_dir) / CALIBRATION_JSON
+    digest.update(calibration.read_bytes() if calibration.is_file() else b"")
+    return digest.hexdigest()
+
+
+def card_sha256(model_dir: Path, model: str | None = None) -> str | None:
+    """The SHA-256 of the model's model_card.json, if the card describes these weights (its
+    model.sha256 is the model's, all folds: ``model`` where already computed); None when the model
+    has no card, or has a card left from an earlier training."""
+    path = Path(model_dir) / MODEL_CARD_JSON
+    if not path.is_file():
+        return None
+    content = path.read_bytes()
+    try:
+        described = json.loads(content)["model"]["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise InputDataError(
+            f"{path}: not a model card written by resseg card (rewrite it, or predict with --no-card)"
+        ) from None
+    model = model or model_sha256(model_dir)
+    return hashlib.sha256(content).hexdigest() if described == model else None
+
+
+def software_versions(distributions: tuple[str, ...] = TRAINING_SOFTWARE) -> dict[str, str | None]:
+    """Python's version and each installed distribution's (None where one is not installed)."""
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: version(name) for name in distributions}}
 
 
 def load_description(model_dir: Path, folds: list[int] | None = None) -> ModelDescription:

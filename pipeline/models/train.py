@@ -24,7 +24,7 @@ from pipeline.config import NetworkParams, TrainParams
 from pipeline.errors import ConfigError
 from pipeline.models.callbacks import EncoderFreezing, FolderCheckpoint, RunSignature
 from pipeline.models.data import PreprocessedDataModule
-from pipeline.models.model_dir import ModelDescription, load_state_dict, save_fold
+from pipeline.models.model_dir import ModelDescription, load_state_dict, save_fold, software_versions
 from pipeline.models.module import SegmentationModule
 from pipeline.models.networks import encoder_parameter_names
 from pipeline.models.transfer import initialise_from
@@ -117,6 +117,7 @@ def run(
             _training_profile(preprocessed_dir),
             training=params.model_dump(),
             init_from=init_report,
+            software=software_versions(),  # for the model card
             **summary,
         )
     return summary

@@ -186,7 +186,9 @@ def test_dicom_site_is_a_pseudonym_of_the_institution(tmp_path):
             header.save_as(path)
         image = read_dicom_series(find_dicom_series(folder)[0])
         write_volume(folder / "label.nii.gz", (hu > 0).astype(np.uint8), image.affine)
-    options = importers.ImportOptions(channel_names=["CT"], label_names=["organ"], site_from="InstitutionName")
+    options = importers.ImportOptions(
+        channel_names=["CT"], label_names=["organ"], site_from="InstitutionName"
+    )
     run(tmp_path / "dicom", "dicom", tmp_path / "out", options)
     expected = "site-" + hashlib.sha256(b"st. elsewhere hospital").hexdigest()[:12]
     cohort = load_cohort(tmp_path / "out")

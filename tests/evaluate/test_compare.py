@@ -115,7 +115,7 @@ def test_compare_command_finds_the_known_difference(tmp_path, capsys):
     write_models(tmp_path)
     assert compare(tmp_path, "a", "b", "--margin", "dice=0.05,auroc=0.02") == 0
     result = json.loads((tmp_path / "a_b/compare.json").read_text())
-    dice = next(r for r in result["comparisons"] if r["metric"] == "dice")
+    dice = result["labels"]["organ"]["dice"]
     assert dice["a"] == pytest.approx(1.0) and dice["b"] == pytest.approx(8 / 9)
     # The same difference on every case: every resample gives it, and of the 2^6 swap patterns
     # only none and all are as extreme.
@@ -123,26 +123,26 @@ def test_compare_command_finds_the_known_difference(tmp_path, capsys):
     assert dice["ci95_low"] == pytest.approx(-1 / 9) and dice["ci95_high"] == pytest.approx(-1 / 9)
     assert dice["p_value"] == pytest.approx(2 / 64) and dice["permutation_exact"]
     assert dice["verdict"] == INFERIOR  # 1/9 is more than the margin of 0.05
-    hd95 = next(r for r in result["comparisons"] if r["metric"] == "hd95_mm")
+    hd95 = result["labels"]["organ"]["hd95_mm"]
     assert hd95["difference"] == pytest.approx(1.0) and hd95["verdict"] is None  # no margin given
     # Each case holds one "lesion" (the organ), found by both: the same AUROC-free cohort.
-    auroc = next(r for r in result["comparisons"] if r["metric"] == "auroc")
+    auroc = result["labels"]["organ"]["auroc"]
     assert auroc["a"] is None and auroc["verdict"] == INCONCLUSIVE
-    rows = list(csv.DictReader(open(tmp_path / "a_b/compare.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "a_b/compare.csv", encoding="utf-8")))
     assert [(r["label"], r["metric"]) for r in rows][:3] == [("organ", m) for m in ("dice", "nsd", "hd95_mm")]
     assert "inferior" in capsys.readouterr().out
-    assert "Dice organ B" in (tmp_path / "a_b/report.html").read_text()
+    assert "Dice organ B" in (tmp_path / "a_b/report.html").read_text(encoding="utf-8")
 
 
 def test_compare_a_model_with_itself(tmp_path):
     write_models(tmp_path)
     assert compare(tmp_path, "b", "b", "--margin", "dice=0.01") == 0
-    for row in json.loads((tmp_path / "b_b/compare.json").read_text())["comparisons"]:
+    compared = json.loads((tmp_path / "b_b/compare.json").read_text())["labels"]["organ"]
+    for row in compared.values():
         if row["difference"] is not None:
             assert row["difference"] == 0.0 and row["p_value"] == 1.0
             assert row["ci95_low"] <= 0.0 <= row["ci95_high"]
-    dice = json.loads((tmp_path / "b_b/compare.json").read_text())["comparisons"][0]
-    assert dice["verdict"] == NON_INFERIOR
+    assert compared["dice"]["verdict"] == NON_INFERIOR
 
 
 @pytest.mark.parametrize(

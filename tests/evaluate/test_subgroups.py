@@ -65,9 +65,9 @@ def test_each_site_equals_its_cases_evaluated_alone(tmp_path):
         write_dataset(alone, {c: s for c, s in SITES.items() if s == site})
         metrics = evaluate(alone, "out")
         assert pooled["sites"][site] == {k: metrics[k] for k in ("n_cases", "segmentation", "detection")}
-    rows = list(csv.DictReader(open(tmp_path / "all/per_case.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "all/per_case.csv", encoding="utf-8")))
     assert [r["site"] for r in rows] == list(SITES.values())
-    report = (tmp_path / "all/report.html").read_text()
+    report = (tmp_path / "all/report.html").read_text(encoding="utf-8")
     assert "<h2>Per site</h2>" in report and "<th>south</th>" in report
 
 
