@@ -4,7 +4,7 @@ same scans, same network and weights, same plan, in one run.
     python benchmarks/inference.py [--quick] [--scans 3] [--scale 1.0] [--preset resunet_small]
                                    [--sw-batch-size N] [--precision auto fp32]
                                    [--nnunet-modes pipelined sequential] [--pss] [--device cpu|cuda]
-                                   [--json PATH] [--rows PATH]
+                                   [--load K] [--json PATH] [--rows PATH]
 
 The scans are resseg's synthetic CT (about 512x512x100 voxels at 0.8x0.8x2.5 mm for --scale 1;
 a body, an organ and lesions), generated once into --work. resseg plans them as its preprocess
@@ -26,6 +26,11 @@ not depend on them). Then, each in a fresh process:
   preprocessing ahead, one resampling and writing behind: -npp 1 -nps 1), and
   ``predict_from_files_sequential`` (everything in one process). On CPU nnU-Net computes in
   float32 (it autocasts only on CUDA).
+
+With --load K, every tool is measured twice: idle, then again while K processes of the script's
+own keep a core busy each (benchmarks/load.py), as another job on a shared server would; the
+report and the suite's rows set each tool's loaded figure against its idle one, and resseg's
+against nnU-Net's under the same load.
 
 Seconds per scan are the intervals between successive scans' completions (the first counted from
 the start of the batch, after the model is loaded); the network time is the time spent inside
@@ -53,6 +58,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+from load import busy_cores
 from rows import measured, write_rows
 
 HERE = Path(__file__).resolve().parent
@@ -82,31 +88,114 @@ def main(args: argparse.Namespace) -> None:
     job = {"scans": str(scans), "model": str(model_dir), "overlap": args.overlap, "device": args.device}
     resseg_job = {**job, "sw_batch_size": args.sw_batch_size}
 
+    results = measure_tools(args, scans, plans, resseg_job)
+    print_report(results, plans, args)
+    rows = suite_rows(results, args)
+    if args.load:
+        with busy_cores(args.load):
+            loaded = measure_tools(args, scans, plans, resseg_job, suffix="_loaded")
+        print(f"\nWith {args.load} of {usable_cpus()} cores kept busy by other processes:")
+        print_report(loaded, plans, args)
+        print_load_report(results, loaded, args)
+        rows += load_rows(results, loaded, args)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"idle": results, "loaded": loaded} if args.load else results, indent=2)
+        )
+    if args.rows:
+        write_rows(args.rows, rows)
+
+
+def measure_tools(args: argparse.Namespace, scans: Path, plans, resseg_job: dict, suffix: str = "") -> dict:
+    """Each resseg precision, resseg with the review, and each nnU-Net mode, one process each."""
     results = {}
     for precision in args.precision:
         job = {**resseg_job, "precision": precision, "review": False}
-        result = run_tool("resseg", sys.executable, job, args.work, args.pss, f"resseg_{precision}")
+        name = f"resseg_{precision}{suffix}"
+        result = run_tool("resseg", sys.executable, job, args.work, args.pss, name)
         results[f"resseg, {result['precision']}"] = result
     job = {**resseg_job, "precision": args.precision[0], "review": True}
-    result = run_tool(
-        "resseg", sys.executable, job, args.work, args.pss, f"resseg_{args.precision[0]}_review"
-    )
+    name = f"resseg_{args.precision[0]}_review{suffix}"
+    result = run_tool("resseg", sys.executable, job, args.work, args.pss, name)
     results[f"resseg, {result['precision']}, review and calibration"] = result
     if not args.nnunet_python.exists():
         print(f"nnU-Net not found at {args.nnunet_python}; measuring resseg only", file=sys.stderr)
-    else:
-        nnunet_dir = args.work / "nnunet"
-        write_nnunet_plan(nnunet_dir, plans, model_dir, len(list(scans.iterdir())))
-        files = {"plans": str(nnunet_dir / "plans.json"), "dataset": str(nnunet_dir / "dataset.json")}
-        for mode in args.nnunet_modes:
-            nnunet_job = {**job, **files, "mode": mode}
-            python = str(args.nnunet_python)
-            results[NNUNET_MODES[mode]] = run_tool("nnunet", python, nnunet_job, args.work, args.pss, mode)
-    print_report(results, plans, args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if args.rows:
-        write_rows(args.rows, suite_rows(results, args))
+        return results
+    nnunet_dir = args.work / "nnunet"
+    write_nnunet_plan(nnunet_dir, plans, Path(resseg_job["model"]), len(list(scans.iterdir())))
+    files = {"plans": str(nnunet_dir / "plans.json"), "dataset": str(nnunet_dir / "dataset.json")}
+    for mode in args.nnunet_modes:
+        nnunet_job = {**job, **files, "mode": mode}
+        python = str(args.nnunet_python)
+        results[NNUNET_MODES[mode]] = run_tool(
+            "nnunet", python, nnunet_job, args.work, args.pss, mode + suffix
+        )
+    return results
+
+
+def print_load_report(idle: dict, loaded: dict, args: argparse.Namespace) -> None:
+    """Each tool's median seconds per scan idle and loaded, and resseg's loaded against nnU-Net's."""
+    print(f"\nidle against {args.load} of {usable_cpus()} cores busy (median s / scan):\n")
+    print("| tool | idle | loaded | loaded / idle | other load while loaded (cores) |")
+    print("|---|---:|---:|---:|---:|")
+    for tool in idle:
+        before, after = (statistics.median(r[tool]["scan_seconds"]) for r in (idle, loaded))
+        others = loaded[tool]["other_cores"]
+        print(f"| {tool} | {before:.1f} | {after:.1f} | x{after / before:.2f} | {others:.2f} |")
+    resseg = next(iter(idle))  # the first --precision: the one the goals judge
+    slowdown = statistics.median(loaded[resseg]["scan_seconds"]) / statistics.median(
+        idle[resseg]["scan_seconds"]
+    )
+    theirs = [tool for tool in loaded if not tool.startswith("resseg")]
+    against = {
+        tool: statistics.median(loaded[resseg]["scan_seconds"])
+        / statistics.median(loaded[tool]["scan_seconds"])
+        for tool in theirs
+    }
+    worst = max(against.values(), default=None)
+    print(
+        f"\ngoals ({resseg}, loaded): at most 2.2x its idle seconds per scan: {met(slowdown <= 2.2)} "
+        f"(x{slowdown:.2f})"
+        + (
+            ""
+            if worst is None
+            else f"; at most 0.5x nnU-Net's under the same load: {met(worst <= 0.5)} (x{worst:.2f})"
+        )
+    )
+
+
+def load_rows(idle: dict, loaded: dict, args: argparse.Namespace) -> list:
+    """Under load: each resseg run against each nnU-Net mode under the same load, and each tool
+    loaded against itself idle, for benchmarks/suite.py."""
+    busy = f"{args.load} of {usable_cpus()} cores busy"
+    n_scans = len(next(iter(idle.values()))["scan_seconds"])
+    note = f"{n_scans} scans at --scale {args.scale:g}, {args.preset}; {busy}"
+    ours = [tool for tool in loaded if tool.startswith("resseg") and "review" not in tool]
+    theirs = [tool for tool in loaded if not tool.startswith("resseg")]
+    rows = [
+        measured(
+            "inference",
+            f"s / scan, {tool.removeprefix('resseg, ')}, {busy}",
+            loaded[tool]["scan_seconds"],
+            idle[tool]["scan_seconds"],
+            against=f"{tool}, idle",
+            note=f"{note}; goal for resseg: under 2.2x",
+        )
+        for tool in ours + theirs
+    ]
+    rows += [
+        measured(
+            "inference",
+            f"s / scan, {mine.removeprefix('resseg, ')}, {busy}",
+            loaded[mine]["scan_seconds"],
+            loaded[tool]["scan_seconds"],
+            against=f"{tool}, {busy}",
+            note=f"{note}; goal: under 0.5x",
+        )
+        for mine in ours
+        for tool in theirs
+    ]
+    return rows
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,6 +226,12 @@ def parse_args() -> argparse.Namespace:
         choices=list(NNUNET_MODES),
         default=list(NNUNET_MODES),
         help="default: both",
+    )
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="also measure every tool again while this many processes of our own keep a core busy each",
     )
     parser.add_argument("--pss", action="store_true", help="also the peak PSS (slows the tools: memory only)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -422,6 +517,9 @@ def run_child(measure: Callable[[dict], dict], job: dict) -> None:
 
 
 def resseg_child(job: dict) -> dict:
+    from pipeline.threads import cpu_budget, limit_threads
+
+    limit_threads(cpu_budget().cores)  # as `resseg predict` does, before torch is imported
     from pipeline.config import DetectionParams
     from pipeline.infer import batch
     from pipeline.infer.predictor import Predictor

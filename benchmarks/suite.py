@@ -31,14 +31,21 @@ from pathlib import Path
 from rows import Row, read_rows
 
 HERE = Path(__file__).resolve().parent
-# Per step, the scripts that measure it, and whether each takes --device.
+# Per step, the scripts that measure it, whether each takes --device, and its own arguments. On a
+# machine that other jobs share, speed depends on them: training and inference are also measured
+# with one core kept busy by another process (--load 1), beside their idle figures.
+UNDER_LOAD = ("--load", "1")
 STEPS = {
-    "preprocessing": [("preprocess_vs_nnunet.py", False), ("preprocess_memory.py", False)],
-    "training": [("networks.py", True), ("training.py", False), ("training_vs_nnunet.py", False)],
-    "inference": [("inference.py", True)],
-    "evaluation": [("evaluation.py", False)],
-    "accuracy": [("accuracy_vs_nnunet.py", False)],
-    "scaling": [("scaling.py", False)],
+    "preprocessing": [("preprocess_vs_nnunet.py", False, ()), ("preprocess_memory.py", False, ())],
+    "training": [
+        ("networks.py", True, ()),
+        ("training.py", False, UNDER_LOAD),
+        ("training_vs_nnunet.py", False, UNDER_LOAD),
+    ],
+    "inference": [("inference.py", True, UNDER_LOAD)],
+    "evaluation": [("evaluation.py", False, ())],
+    "accuracy": [("accuracy_vs_nnunet.py", False, ())],
+    "scaling": [("scaling.py", False, ())],
 }
 
 
@@ -53,13 +60,14 @@ def main() -> int:
     started = datetime.now(timezone.utc)
     rows, failures, seconds = [], [], {}
     for step in args.only or STEPS:
-        for script, takes_device in STEPS[step]:
+        for script, takes_device, arguments in STEPS[step]:
             rows_path = args.out / "rows" / f"{Path(script).stem}.json"
             rows_path.parent.mkdir(parents=True, exist_ok=True)
             rows_path.unlink(missing_ok=True)
             command = [sys.executable, str(HERE / script), "--rows", str(rows_path)]
             command += ["--quick"] if args.quick else []
             command += ["--device", device] if takes_device and device != "cpu" else []
+            command += list(arguments)
             print(f"\n=== {step}: {' '.join(command[1:])}", flush=True)
             clock = time.perf_counter()
             done = subprocess.run(command, cwd=HERE.parent)

@@ -2,7 +2,7 @@
 same network and initial weights, same patch, batch and number of data-loading workers, in one run.
 
     python benchmarks/training_vs_nnunet.py [--quick] [--cases 10] [--scale 1.0] [--preset resunet_small]
-                                            [--workers 2] [--iterations 20] [--rows PATH]
+                                            [--workers 2] [--iterations 20] [--load K] [--rows PATH]
 
 The cohort is resseg's synthetic CT (about 512x512x100 voxels at 0.8x0.8x2.5 mm for --scale 1),
 generated once into --work. resseg's preprocess stage plans and preprocesses it (a patch of at
@@ -28,7 +28,10 @@ the same initial weights (checked by a checksum of the parameters). An iteration
 batch, forward, backward and the optimiser step; the first 3 are warm-up (worker start), the next
 --iterations are timed: for resseg, the time between the ends of successive Lightning training
 batches. Peak memory is the largest summed RSS of the tool's process tree (loader workers
-included), sampled every 0.1 s. Without nnU-Net's virtualenv the script stops.
+included), sampled every 0.1 s. Without nnU-Net's virtualenv the script stops. resseg takes the
+threads `resseg train` would (pipeline/threads.py: its loader workers count in the budget),
+nnU-Net its own defaults. With --load K, both are measured again while K processes of the
+script's own keep a core busy each (benchmarks/load.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from load import busy_cores
 from rows import measured, write_rows
 
 HERE = Path(__file__).resolve().parent
@@ -85,15 +89,31 @@ def main(args: argparse.Namespace) -> None:
         "nnUNet_n_proc_DA": str(args.workers),
         "nnUNet_compile": "f",  # resseg does not compile either
     }
-    results = {
-        "resseg": run_tool("resseg", sys.executable, resseg_job, args.work, {}),
-        "nnU-Net v2": run_tool("nnunet", str(nnunet_python), nnunet_job, args.work, nnunet_env),
-    }
-    if results["resseg"]["weights_checksum"] != results["nnU-Net v2"]["weights_checksum"]:
-        raise SystemExit(f"the two networks did not start from the same weights: {results}")
+
+    def measure(suffix: str = "") -> dict:
+        results = {
+            "resseg": run_tool("resseg", sys.executable, resseg_job, args.work, {}, suffix),
+            "nnU-Net v2": run_tool("nnunet", str(nnunet_python), nnunet_job, args.work, nnunet_env, suffix),
+        }
+        if results["resseg"]["weights_checksum"] != results["nnU-Net v2"]["weights_checksum"]:
+            raise SystemExit(f"the two networks did not start from the same weights: {results}")
+        return results
+
+    results = measure()
     print_report(results, plans, args, usable_cpus())
+    rows = [suite_row(results, plans, args)]
+    if args.load:
+        with busy_cores(args.load):
+            loaded = measure("_loaded")
+        busy = f"{args.load} of {usable_cpus()} cores busy"
+        print(f"\nWith {busy} by other processes:")
+        print_report(loaded, plans, args, usable_cpus())
+        for tool in results:
+            slowdown = patches_per_second(results[tool]) / patches_per_second(loaded[tool])
+            print(f"{tool}: patches / s {slowdown:.2f}x slower than idle")
+        rows += [suite_row(loaded, plans, args, busy), suite_row(loaded, plans, args, busy, idle=results)]
     if args.rows:
-        write_rows(args.rows, [suite_row(results, plans, args)])
+        write_rows(args.rows, rows)
 
 
 def require_nnunet(nnunet_bin: Path) -> Path:
@@ -122,6 +142,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes of each tool")
     parser.add_argument("--work", type=Path, default=Path("/tmp/resseg-bench-training"))
     parser.add_argument("--nnunet-bin", type=Path, default=NNUNET_BIN)
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="also measure both tools while this many processes of our own keep a core busy each",
+    )
     parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
     parser.add_argument("--child", choices=["resseg", "nnunet"], help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
@@ -194,16 +220,17 @@ def preprocess_nnunet(cohort: Path, folder: Path, plans, fold: dict, args: argpa
     return roots
 
 
-def run_tool(tool: str, python: str, job: dict, work: Path, env: dict) -> dict:
+def run_tool(tool: str, python: str, job: dict, work: Path, env: dict, suffix: str = "") -> dict:
     """One tool's training iterations in a fresh process; its timings and its tree's peak RSS."""
     from inference import run_measured
 
-    job = {**job, "result": str(work / f"train_{tool}.json"), "log": str(work / f"train_{tool}.log")}
-    job_path = work / f"train_{tool}_job.json"
+    name = f"train_{tool}{suffix}"
+    job = {**job, "result": str(work / f"{name}.json"), "log": str(work / f"{name}.log")}
+    job_path = work / f"{name}_job.json"
     job_path.write_text(json.dumps(job))
     print(f"{tool}: {WARMUP_ITERATIONS} + {job['iterations']} training iterations ...", file=sys.stderr)
     command = [python, __file__, "--child", tool, "--job", str(job_path)]
-    peaks = run_measured(command, {**os.environ, **env}, work / f"train_{tool}.stderr", pss=False)
+    peaks = run_measured(command, {**os.environ, **env}, work / f"{name}.stderr", pss=False)
     return {**json.loads(Path(job["result"]).read_text()), **peaks}
 
 
@@ -225,6 +252,10 @@ def checksum(network) -> float:
 
 
 def resseg_child(job: dict) -> dict:
+    from pipeline.threads import cpu_budget, limit_threads, threads_per_process
+
+    # As `resseg train` with these loader workers does, before torch is imported.
+    limit_threads(threads_per_process(cpu_budget().cores, workers=job["workers"]))
     import torch
     from training import train
 
@@ -326,14 +357,17 @@ def patches_per_second(result: dict) -> float:
     return result["batch_size"] / statistics.median(result["seconds"])
 
 
-def suite_row(results: dict, plans, args: argparse.Namespace):
-    ours, theirs = results["resseg"], results["nnU-Net v2"]
+def suite_row(results: dict, plans, args: argparse.Namespace, busy: str = "", idle: dict | None = None):
+    """resseg's patches/s against nnU-Net's; with ``idle``, resseg's under load (``busy``)
+    against its own idle figure."""
+    ours = results["resseg"]
+    theirs = idle["resseg"] if idle else results["nnU-Net v2"]
     return measured(
         "training",
-        f"patches / s, {args.preset}",
+        f"patches / s, {args.preset}" + (f", {busy}" if busy else ""),
         [ours["batch_size"] / s for s in ours["seconds"]],
         [theirs["batch_size"] / s for s in theirs["seconds"]],
-        against="nnU-Net v2",
+        against="resseg, idle" if idle else "nnU-Net v2" + (f", {busy}" if busy else ""),
         higher_is_better=True,
         resseg_peak_gib=ours["peak_rss_bytes"] / 2**30,
         reference_peak_gib=theirs["peak_rss_bytes"] / 2**30,
@@ -341,7 +375,7 @@ def suite_row(results: dict, plans, args: argparse.Namespace):
         note=(
             f"patch {'x'.join(map(str, plans.patch_size))}, batch {plans.batch_size}, {args.workers} loader "
             f"workers, each tool's augmentation and loss, {precision()}, "
-            f"{args.cases} cases at --scale {args.scale:g}"
+            f"{args.cases} cases at --scale {args.scale:g}" + ("; goal: at least 1/2.2x" if idle else "")
         ),
     )
 

@@ -23,8 +23,13 @@ from pipeline.config import (
 from pipeline.errors import SOME_SCANS_FAILED, ConfigError, UserError
 from pipeline.io.dicom import SITE_ATTRIBUTES
 from pipeline.io.paths import check_outputs_apart
+from pipeline.threads import cpu_budget, limit_threads, threads_per_process
 
 DEFAULT_PARAMS = Path("params.yaml")
+THREADS_HELP = (
+    "compute threads (default: {section}.threads, else the cores this process may use: its CPU "
+    "affinity, cgroup quota, SLURM_CPUS_PER_TASK)"
+)
 DEFAULT_LOCK = Path("dvc.lock")
 
 
@@ -316,6 +321,29 @@ def _params_path(args: argparse.Namespace) -> Path | None:
     return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
 
 
+def _thread_count(args: argparse.Namespace) -> int:
+    """The command's compute threads: --threads, else the parameter file's (train.threads;
+    predict.threads for predict and crossval), else the cores this process may use. Training
+    shares them between the processes it starts on this node (train.devices) and, in each, one
+    per data-loading worker, which counts in the same budget."""
+    params = _params(args)
+    train = params.train
+    processes = train.devices if isinstance(train.devices, int) else 1
+    chosen, processes, workers = {
+        "train": (train.threads, processes, train.num_workers),
+        "predict": (params.predict.threads, 1, 0),
+        "crossval": (params.predict.threads, 1, 0),
+    }.get(args.command, (None, 1, 0))
+    threads = getattr(args, "threads", None) or chosen or cpu_budget().cores
+    return threads_per_process(threads, processes, workers)
+
+
+def _positive(text: str) -> int:
+    if not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _check_outputs_apart(args: argparse.Namespace) -> None:
     """The command's outputs against its inputs, the parameter file among them."""
 
@@ -391,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--fold", type=int, default=0, help="which fold of --splits (default 0)")
     sub.add_argument("--out", required=True, type=Path, help="fold directory, e.g. models/NAME/fold_0")
     sub.add_argument("--live-dir", default=Path("dvclive"), type=Path, help="DVCLive training curves")
+    sub.add_argument("--threads", type=_positive, help=THREADS_HELP.format(section="train"))
 
     sub = command("predict", predict, "segment every scan in a folder", ["output"], ["input", "model"])
     sub.add_argument("--input", required=True, type=Path, help="NIfTI, NRRD, MetaImage files, DICOM series")
@@ -430,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--overwrite", action="store_true", help="redo scans whose outputs are complete")
     sub.add_argument("--workers", type=int, default=1, help="scans read ahead in parallel (default 1)")
+    sub.add_argument("--threads", type=_positive, help=THREADS_HELP.format(section="predict"))
     sub.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: take every n-th scan from the i-th")
     sub.add_argument(
         "--calibration",
@@ -457,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cohort", required=True, type=Path)
     sub.add_argument("--splits", required=True, type=Path)
     sub.add_argument("--fold", required=True, type=int)
+    sub.add_argument("--threads", type=_positive, help=THREADS_HELP.format(section="predict"))
     sub.add_argument("--masks", required=True, type=Path, help="folder of the out-of-fold masks")
     sub.add_argument(
         "--report", required=True, type=Path, help="folder of their metrics.json and per_case.csv"
@@ -570,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_library_notices()
     try:
         _check_outputs_apart(args)
+        limit_threads(_thread_count(args))
         return args.func(args) or 0
     except UserError as err:
         # One line, whatever a library put into the reason.

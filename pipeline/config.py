@@ -177,7 +177,7 @@ class TrainParams(Section):
     # The keys that say where and how fast a run goes, not what it learns: they may change
     # between an interruption and its resumption, and differ between folds of one model.
     RUNTIME: ClassVar[frozenset[str]] = frozenset(
-        {"resume", "num_workers", "accelerator", "devices", "num_nodes", "strategy"}
+        {"resume", "num_workers", "threads", "accelerator", "devices", "num_nodes", "strategy"}
     )
 
     model: str = "resunet_small"
@@ -207,6 +207,9 @@ class TrainParams(Section):
     init_from: str | None = None
     freeze_encoder_epochs: Annotated[int, Field(ge=0)] = 0
     num_workers: Annotated[int, Field(ge=0)] = 0
+    # Compute threads, loader workers included; null: the cores this process may use
+    # (pipeline/threads.py: affinity, cgroup quota, SLURM_CPUS_PER_TASK).
+    threads: PositiveInt | None = None
     # Passed to Lightning's Trainer; "auto" precision is 16-bit mixed on GPU, 32-bit on CPU.
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: Literal["auto"] | PositiveInt = 1
@@ -226,6 +229,8 @@ class PredictParams(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Test-time augmentation: average the network over the 8 mirror images of each window (8x slower).
     tta: bool = False
+    # Compute threads; null: the cores this process may use (pipeline/threads.py).
+    threads: PositiveInt | None = None
 
 
 class DetectionParams(Section):

@@ -8,11 +8,15 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 from tqdm import tqdm
 
+from pipeline.threads import cpu_budget
+
 
 def map_cases(function: Callable, arguments: Iterable[tuple], workers: int, what: str) -> list:
-    """``function(*args)`` for each tuple of ``arguments`` in ``workers`` processes; results in
-    order, with a progress bar on terminals. One worker runs in this process."""
+    """``function(*args)`` for each tuple of ``arguments`` in ``workers`` processes, never more
+    than the cores this process may use (threads.cpu_budget); results in order, with a progress
+    bar on terminals. One worker runs in this process."""
     arguments = list(arguments)
+    workers = min(workers, cpu_budget().cores)
     with tqdm(total=len(arguments), desc=what, unit="case", disable=None) as progress:
         if workers == 1:
             return [_tick(progress, function(*args)) for args in arguments]
