@@ -191,7 +191,7 @@ def write_report(
         # per_case.csv leaves a score empty where the label is not scored (absent from both masks).
         html_table(per_case_columns, [[cell or DASH for cell in row] for row in per_case_rows]),
     ]
-    write_page(path, title, sections)
+    write_page(path, title, [section for section in sections if section])  # no subgroup: no section
 
 
 def write_page(path: Path, title: str, sections: Sequence[str]) -> None:
