@@ -143,11 +143,17 @@ def test_limit_threads_sets_torch_and_the_spin_of_openmp(tmp_path):
         "import os; from pipeline.threads import limit_threads; limit_threads(1); import torch; "
         "print(torch.get_num_threads(), os.environ.get('GOMP_SPINCOUNT'), os.environ['OMP_NUM_THREADS'])"
     )
-    assert probe(code, tmp_path).stdout.split() == ["1", "1000", "1"]
+    # A clean environment: a command run in this process (another test) set them here.
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+
+    def run(env: dict) -> list[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env
+        ).stdout.split()
+
+    assert run(clean) == ["1", "1000", "1"]
     # A user's own wait policy is theirs: no spin count is added to it.
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert result.stdout.split() == ["1", "None", "1"]
+    assert run({**clean, "OMP_WAIT_POLICY": "PASSIVE"}) == ["1", "None", "1"]
 
 
 def test_a_real_cgroup_quota_of_one_core(tmp_path):
