@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,10 +215,7 @@ def _training_data(folds: list[Fold], splits_path, labels: dict[str, str]) -> di
 def _spread(values: list[float]) -> dict | str:
     if not values:
         return NOT_MEASURED
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    return {"min": ordered[0], "median": median, "max": ordered[-1]}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def _split(path: Path, folds: list[Fold]) -> dict:

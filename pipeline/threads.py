@@ -102,11 +102,7 @@ def _membership(path: Path) -> dict[str, str]:
     """This process's cgroup path per hierarchy: "v2" for the unified one, "v1" for the one that
     holds the cpu controller."""
     found = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
+    for line in _lines(path):
         hierarchy, _, rest = line.partition(":")
         controllers, _, cgroup = rest.partition(":")
         if hierarchy == "0" and controllers == "":
@@ -120,11 +116,7 @@ def _cgroup_mounts(path: Path) -> list[tuple[str, str, str]]:
     """(version, root of the mount inside the hierarchy, mount point) of each cgroup mount that
     can hold a CPU quota, from /proc/self/mountinfo."""
     mounts = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return mounts
-    for line in lines:
+    for line in _lines(path):
         fields, _, tail = line.partition(" - ")
         fields, tail = fields.split(), tail.split()
         if len(fields) < 5 or len(tail) < 3:
@@ -134,6 +126,14 @@ def _cgroup_mounts(path: Path) -> list[tuple[str, str, str]]:
         elif tail[0] == "cgroup" and "cpu" in tail[2].split(","):
             mounts.append(("v1", fields[3], fields[4]))
     return mounts
+
+
+def _lines(path: Path) -> list[str]:
+    """A /proc file's lines; none where it cannot be read (not Linux, a fake root without it)."""
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _quota_v2(folder: Path) -> float | None:

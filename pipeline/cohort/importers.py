@@ -80,6 +80,11 @@ def run(
     cases unless ``options.skip_invalid``."""
     if not Path(source).is_dir():
         raise InputDataError(f"{source}: not a folder")
+    if options.site_from and fmt != "dicom":
+        raise ConfigError(
+            f"--site-from: only a DICOM source has {options.site_from}; --format {fmt} "
+            "gives sites in its dataset.json"
+        )
     cohort = SOURCES[fmt](Path(source), options)
     if not cohort.cases:
         raise InputDataError(f"{source}: no case found for format {fmt!r}")

@@ -196,3 +196,10 @@ def test_dicom_site_is_a_pseudonym_of_the_institution(tmp_path):
     assert [c.keys for c in cohort.training] == [{"site": expected}, {"site": expected}, {}]
     written = "".join(p.read_text() for p in (tmp_path / "out").glob("*.json")).casefold()
     assert "elsewhere" not in written
+
+
+def test_site_from_is_for_dicom_only(cohort_dir, tmp_path):
+    options = importers.ImportOptions(site_from="Manufacturer")
+    with pytest.raises(ConfigError, match="--site-from: only a DICOM source has Manufacturer"):
+        run(cohort_dir, "msd", tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()
