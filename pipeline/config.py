@@ -170,6 +170,7 @@ class AugmentationParams(Section):
     low_resolution_prob: Fraction = 0.125
     low_resolution_zoom: Range = [0.5, 1.0]
     gamma_prob: Fraction = 0.3
+    inverted_gamma_prob: Fraction = 0.1
     gamma_range: Range = [0.7, 1.5]
 
 

@@ -109,11 +109,24 @@ def training_patches(
         RandSimulateLowResolutiond(
             "image", prob=params.low_resolution_prob, zoom_range=params.low_resolution_zoom
         ),
-        RandAdjustContrastd(
-            "image", prob=params.gamma_prob, gamma=tuple(params.gamma_range), retain_stats=True
-        ),
+        _gamma(params.gamma_range, params.inverted_gamma_prob, inverted=True),
+        _gamma(params.gamma_range, params.gamma_prob, inverted=False),
     ]
     return Compose([*spatial, *intensity])
+
+
+def _gamma(gamma_range: Sequence[float], prob: float, inverted: bool) -> OneOf:
+    """nnU-Net's gamma, mean and spread kept: when the range straddles 1, a gamma below 1 or
+    above it, each half equally likely (batchgeneratorsv2's BGContrast), where a uniform draw
+    over 0.7-1.5 would darken the mid-tones in 5 draws of 8. ``inverted`` applies it to the
+    negated image, brightening where the other darkens."""
+    low, high = gamma_range
+    ranges = [(low, 1.0), (1.0, high)] if low < 1.0 < high else [(low, high)]
+    draws = [
+        RandAdjustContrastd("image", prob=1.0, gamma=bounds, invert_image=inverted, retain_stats=True)
+        for bounds in ranges
+    ]
+    return _sometimes(prob, OneOf(draws), Identityd("image"))
 
 
 def _label_as_classes(resampling, n_classes: int) -> Compose:

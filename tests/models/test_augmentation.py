@@ -7,7 +7,13 @@ import torch
 from monai.data.utils import set_rnd
 
 from pipeline.config import AugmentationParams
-from pipeline.models.augmentation import _crop_size, _in_plane_axes, foreground_share, training_patches
+from pipeline.models.augmentation import (
+    _crop_size,
+    _gamma,
+    _in_plane_axes,
+    foreground_share,
+    training_patches,
+)
 
 PATCH = [15, 15, 9]  # odd sizes: mirroring keeps the centre voxel in place
 
@@ -106,6 +112,7 @@ UNROTATED_WITH_MARGIN = AugmentationParams(
     contrast_prob=0.0,
     low_resolution_prob=0.0,
     gamma_prob=0.0,
+    inverted_gamma_prob=0.0,
 )
 
 
@@ -147,3 +154,28 @@ def test_the_foreground_share_is_nnunets_count_per_batch():
     assert foreground_share(0.33, 12) == pytest.approx(4 / 12)
     assert foreground_share(0.0, 2) == 0.0 and foreground_share(1.0, 2) == 1.0
     assert foreground_share(0.33, 1) == 0.33  # nnU-Net's rule would centre none
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_gamma_below_and_above_one_are_equally_likely(inverted):
+    """nnU-Net's draw (BGContrast): half the gammas in 0.7-1, half in 1-1.5, where a uniform draw
+    over 0.7-1.5 gives 0.375 below 1. On the image [0, 0.5, 1] a gamma below 1 lifts the middle
+    voxel above the mean that the transform restores (0.5), one above 1 drops it below; the
+    inverted gamma does the opposite."""
+    gamma = _gamma([0.7, 1.5], prob=1.0, inverted=inverted)
+    set_rnd(gamma, 0)
+    n = 2000
+    image = torch.tensor([0.0, 0.5, 1.0]).reshape(1, 3, 1, 1)
+    lifted = sum(float(gamma({"image": image})["image"][0, 1, 0, 0]) > 0.5 for _ in range(n))
+    share_below_one = 1 - lifted / n if inverted else lifted / n
+    # Binomial standard deviation at n=2000: 0.011; four of them, far from 0.375.
+    assert abs(share_below_one - 0.5) < 0.045
+
+
+def test_gamma_keeps_mean_and_spread():
+    image = torch.rand(1, 8, 8, 4) * 3 - 1
+    for inverted in (False, True):
+        out = _gamma([0.7, 1.5], prob=1.0, inverted=inverted)({"image": image})["image"]
+        assert float(out.mean()) == pytest.approx(float(image.mean()), abs=1e-5)
+        assert float(out.std()) == pytest.approx(float(image.std()), rel=1e-4)
+        assert not torch.allclose(out, image)
