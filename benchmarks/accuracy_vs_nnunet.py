@@ -105,6 +105,13 @@ COHORTS = {
 
 def main(args: argparse.Namespace) -> None:
     from inference import usable_cpus
+
+    if args.report:
+        results = merged_results(args.report)
+        args.seeds = sorted({int(seed) for result in results.values() for seed in result["runs"]})
+        args.cohort = " ".join(results)
+        print_report(results, args, usable_cpus(), None)
+        return
     from training_vs_nnunet import require_nnunet
 
     require_nnunet(args.nnunet_bin)
@@ -143,6 +150,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nnunet-bin", type=Path, default=NNUNET_BIN)
     parser.add_argument("--json", type=Path, help="also write every seed's scores and timings here")
     parser.add_argument("--rows", type=Path, help="also write the suite's rows here (benchmarks/rows.py)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: print the tables of earlier runs' --json files, their seeds together",
+    )
     parser.add_argument("--child", choices=["resseg", "nnunet", "nnunet_evaluate"], help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,6 +174,25 @@ def parse_args() -> argparse.Namespace:
     if resolve_network(TrainParams(model=args.preset), ROOT / "configs" / "models").deep_supervision:
         raise SystemExit(f"--preset {args.preset}: deep supervision is on; compare a preset without it")
     return args
+
+
+def merged_results(paths: list[Path]) -> dict:
+    """The cohorts of several runs' --json files, each cohort's seeds together (a seed run twice
+    is refused: its two results would be counted as two seeds)."""
+    from pipeline.preprocess.plans import Plans
+
+    results = {}
+    for path in paths:
+        for cohort, result in json.loads(path.read_text()).items():
+            result["plans"] = Plans.from_dict(result["plans"])
+            if cohort not in results:
+                results[cohort] = result
+                continue
+            repeated = results[cohort]["runs"].keys() & result["runs"].keys()
+            if repeated:
+                raise SystemExit(f"--report: {path} repeats seed(s) {sorted(repeated)} of cohort {cohort}")
+            results[cohort]["runs"].update(result["runs"])
+    return results
 
 
 def cohorts(args: argparse.Namespace) -> list[str]:
@@ -578,14 +611,32 @@ def difference(ours: list[float], theirs: list[float], digits: int) -> str:
     return f"{statistics.mean(ours) - statistics.mean(theirs):+.{digits}f}"
 
 
-def print_report(results: dict, args: argparse.Namespace, cores: int, seconds: float) -> None:
+def paired_over_seeds(result: dict, label: str) -> str:
+    """The seeds, the mean paired difference, its interval and p-value as table cells."""
+    from pipeline.evaluate.statistics import paired_difference
+
+    pairs = [
+        [run["scores"]["resseg"][tool][label]["dice"] for tool in reversed(TOOLS)]
+        for run in result["runs"].values()
+    ]
+    theirs, ours = zip(*(pair for pair in pairs if None not in pair), strict=True)
+    if len(ours) < 2:
+        return f"{len(ours)} | - | - | -"
+    paired = paired_difference(statistics.fmean, theirs, ours, n_resamples=10_000, seed=0)
+    low, high = paired.interval.low, paired.interval.high
+    return f"{len(ours)} | {paired.difference:+.3f} | {low:+.3f} to {high:+.3f} | {paired.p_value:.2g}"
+
+
+def print_report(results: dict, args: argparse.Namespace, cores: int, seconds: float | None) -> None:
+    """``seconds`` None: the report of earlier runs (--report)."""
     import torch
 
     device = "CUDA" if torch.cuda.is_available() else "CPU"
     seeds = " ".join(map(str, args.seeds))
+    when = f"{seconds / 60:.1f} min" if seconds is not None else f"from {' '.join(map(str, args.report))}"
     print(
         f"\nbenchmarks/accuracy_vs_nnunet.py{' --quick' if args.quick else ''} --cohort {args.cohort} "
-        f"--seeds {seeds}, {date.today().isoformat()}, {seconds / 60:.1f} min; {device} "
+        f"--seeds {seeds}, {date.today().isoformat()}, {when}; {device} "
         f"({platform.machine()}, {cores} cores); preset {args.preset}; {args.epochs} epochs x "
         f"{args.iterations} iterations; {args.workers} loader workers each; predict overlap {overlap():g}, "
         f"no mirroring"
@@ -614,6 +665,17 @@ def print_report(results: dict, args: argparse.Namespace, cores: int, seconds: f
                     difference(ours, theirs, digits),
                 ]
             print(f"| {cohort} | {label} | " + " | ".join(cells) + " |")
+
+    print(
+        "\nPaired by seed (both tools start from the seed's weights): mean of resseg - nnU-Net, its "
+        "bootstrap 95% interval over seeds, and the two-sided permutation p-value (exact up to 13 "
+        "seeds), by resseg's evaluator.\n"
+    )
+    print("| cohort | label | seeds | Dice, resseg - nnU-Net | 95% interval | p |")
+    print("|---|---|---:|---:|---|---:|")
+    for cohort, result in results.items():
+        for label in result["labels"].values():
+            print(f"| {cohort} | {label} | " + paired_over_seeds(result, label) + " |")
 
     print(
         "\n| cohort | cases (train + test) | plan | tool | train s, median (range) "

@@ -6,14 +6,12 @@ from both masks), so 0 for a missed or a spurious structure; spacing plays no pa
 label is ``np.nanmean`` over cases: both-empty cases are left out, and a label absent from every
 case has a NaN mean. Ours is None wherever nnU-Net's is NaN.
 
-nnU-Net needs torchvision, which resseg's environment must not load: it runs in its own virtualenv
-(benchmarks/.venv-nnunet), in a subprocess.
+nnU-Net runs in its own virtualenv, in a subprocess (tests/nnunet_env.py).
 """
 
 import csv
 import json
 import math
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -24,9 +22,8 @@ from pipeline.config import EvaluateParams
 from pipeline.evaluate import stage
 from pipeline.evaluate.segmentation import STATUSES
 from pipeline.io import write_volume
-from tests.conftest import REPO_ROOT
+from tests.nnunet_env import require_nnunet, run_nnunet
 
-NNUNET_PYTHON = REPO_ROOT / "benchmarks/.venv-nnunet/bin/python"
 LABELS = {1: "organ", 2: "lesion", 3: "cyst"}  # no case holds a cyst: nnU-Net's mean is NaN
 SHAPE = (14, 12, 9)
 AFFINE = np.diag([0.7, 1.3, 2.5, 1.0])
@@ -59,14 +56,6 @@ def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def nnunet_available() -> bool:
-    if not NNUNET_PYTHON.is_file():
-        return False
-    # find_spec locates the package without importing it (and torch with it).
-    check = "import importlib.util, sys; sys.exit(importlib.util.find_spec('nnunetv2') is None)"
-    return subprocess.run([NNUNET_PYTHON, "-c", check], capture_output=True).returncode == 0
-
-
 def nnunet_summary(labels_dir, predictions_dir, out_file) -> dict:
     script = textwrap.dedent(f"""
         from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
@@ -74,17 +63,12 @@ def nnunet_summary(labels_dir, predictions_dir, out_file) -> dict:
         compute_metrics_on_folder({str(labels_dir)!r}, {str(predictions_dir)!r}, {str(out_file)!r},
                                   SimpleITKIO(), ".nii.gz", {list(LABELS)!r}, num_processes=1)
     """)
-    done = subprocess.run([NNUNET_PYTHON, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    run_nnunet(script)
     return json.loads(out_file.read_text())  # NaN where nnU-Net's Dice is undefined
 
 
 def test_dice_agrees_with_nnunet_evaluator(tmp_path):
-    if not nnunet_available():
-        pytest.skip(
-            f"nnU-Net v2 is not installed in {NNUNET_PYTHON.parents[1]}: "
-            "run `make benchmarks/.venv-nnunet/.installed`"
-        )
+    require_nnunet()
     for name, (reference, prediction) in cases().items():
         write_volume(tmp_path / "labels" / f"{name}.nii.gz", reference, AFFINE)
         write_volume(tmp_path / "pred" / f"{name}.nii.gz", prediction, AFFINE)
