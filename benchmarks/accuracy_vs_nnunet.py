@@ -183,8 +183,14 @@ def merged_results(paths: list[Path]) -> dict:
 
     results = {}
     for path in paths:
-        for cohort, result in json.loads(path.read_text()).items():
-            result["plans"] = Plans.from_dict(result["plans"])
+        try:
+            cohorts = json.loads(path.read_text())
+            for result in cohorts.values():
+                result["plans"] = Plans.from_dict(result["plans"])
+                result["runs"] = dict(result["runs"])  # a file without runs is refused here
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise SystemExit(f"--report: {path}: not a --json file of this benchmark ({error!r})") from None
+        for cohort, result in cohorts.items():
             if cohort not in results:
                 results[cohort] = result
                 continue
@@ -619,9 +625,10 @@ def paired_over_seeds(result: dict, label: str) -> str:
         [run["scores"]["resseg"][tool][label]["dice"] for tool in reversed(TOOLS)]
         for run in result["runs"].values()
     ]
-    theirs, ours = zip(*(pair for pair in pairs if None not in pair), strict=True)
-    if len(ours) < 2:
-        return f"{len(ours)} | - | - | -"
+    pairs = [pair for pair in pairs if None not in pair]
+    if len(pairs) < 2:
+        return f"{len(pairs)} | - | - | -"
+    theirs, ours = zip(*pairs, strict=True)
     paired = paired_difference(statistics.fmean, theirs, ours, n_resamples=10_000, seed=0)
     low, high = paired.interval.low, paired.interval.high
     return f"{len(ours)} | {paired.difference:+.3f} | {low:+.3f} to {high:+.3f} | {paired.p_value:.2g}"

@@ -25,7 +25,7 @@ def test_loss_and_gradient_equal_nnunets(tmp_path):
             import torch
             from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
             from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-            logits, label = torch.load({str(tmp_path / "batch.pt")!r})
+            logits, label = torch.load({str(tmp_path / "batch.pt")!r}, weights_only=True)
             logits.requires_grad_(True)
             loss = DC_and_CE_loss({{"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}}, {{}},
                                   weight_ce=1, weight_dice=1, ignore_label=None,
@@ -34,7 +34,7 @@ def test_loss_and_gradient_equal_nnunets(tmp_path):
             torch.save((loss.detach(), logits.grad), {str(tmp_path / "nnunet.pt")!r})
         """)
     )
-    nnunet_loss, nnunet_gradient = torch.load(tmp_path / "nnunet.pt")
+    nnunet_loss, nnunet_gradient = torch.load(tmp_path / "nnunet.pt", weights_only=True)
 
     module = SegmentationModule(torch.nn.Identity(), {1: "organ", 2: "lesion"}, [12, 10, 6], TINY_TRAIN)
     logits.requires_grad_(True)
