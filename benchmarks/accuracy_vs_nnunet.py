@@ -37,6 +37,11 @@ Then for each seed, each tool in a fresh process:
   those weights over the test images (tile step 1 - overlap, Gaussian, no mirroring; pipelined as
   ``nnUNetv2_predict -npp 1 -nps 1``).
 
+Then each tool predicts the test images again with the weights the other trained (the same
+network: resseg's predictor over nnU-Net's final weights in a copy of resseg's model directory,
+nnU-Net's predictor over resseg's), so that a difference can be laid to training or to
+prediction: the same predictor over both tools' weights, the same weights under both predictors.
+
 The seed seeds resseg's training (``train.seed``: the network is built right after seeding, then
 every draw) and, in nnU-Net's process, the network (built by resseg after ``torch.manual_seed``:
 the same initial weights, checked by a checksum), NumPy and each loader worker. nnU-Net's loader
@@ -46,9 +51,10 @@ Both tools' masks are scored by resseg's evaluate stage (Dice and HD95 per label
 its metrics.json, read by ``resseg_scores`` alone; under resseg's current convention a label
 absent from both masks of a case is left out of them) and by nnU-Net's
 ``compute_metrics_on_folder2`` (what ``nnUNetv2_evaluate_folder`` runs: its Dice per label, the
-mean over cases without NaN). Each seed's figure is the mean over the test cases; the table
-gives the mean over seeds and the range, and the difference resseg - nnU-Net, then the median
-seconds to train and to predict. Without nnU-Net's virtualenv the script stops. Both tools'
+mean over cases without NaN); the crossed masks by resseg's. Each seed's figure is the mean over
+the test cases; the table gives the mean over seeds and the range, and the difference resseg -
+nnU-Net; the next, paired by seed, that difference as a whole and split into training and
+prediction; the last, the median seconds to train and to predict. Without nnU-Net's virtualenv the script stops. Both tools'
 processes run with OMP_WAIT_POLICY=PASSIVE unless the environment sets it (see OMP_WAIT_POLICY
 below).
 
@@ -157,7 +163,7 @@ def parse_args() -> argparse.Namespace:
         metavar="JSON",
         help="train nothing: print the tables of earlier runs' --json files, their seeds together",
     )
-    parser.add_argument("--child", choices=["resseg", "nnunet", "nnunet_evaluate"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -289,6 +295,7 @@ def run_cohort(name: str, setting: dict, args: argparse.Namespace) -> dict:
                 "seed": seed,
                 "preprocessed": str(nnunet_base),
                 "out": str(where / "nnunet" / "predictions"),
+                "weights_out": str(where / "nnunet" / "weights.pt"),
             },
             where / "nnunet",
             env,
@@ -300,9 +307,56 @@ def run_cohort(name: str, setting: dict, args: argparse.Namespace) -> dict:
             for tool, key in zip(TOOLS, ("resseg", "nnunet"), strict=True)
         }
         scores = evaluate(cohort, predictions, where, nnunet_base / f"{PLANS_NAME}.json", args)
-        runs[seed] = {"tools": tools, "scores": scores}
+        print(f"{name}, seed {seed}: each predicts with the other's weights", file=sys.stderr, flush=True)
+        crossed = predict_crossed(where, {**job, "preprocessed": str(nnunet_base)}, env, args)
+        runs[seed] = {"tools": tools, "scores": scores, "crossed": score_crossed(cohort, crossed, where)}
     labels = {value: label for value, label in plans.labels.items() if value != 0}
     return {"setting": setting, "plans": plans, "labels": labels, "runs": runs, "cohort": str(cohort)}
+
+
+def predict_crossed(where: Path, job: dict, nnunet_env: dict, args: argparse.Namespace) -> dict:
+    """Each tool's predictor with the weights the other tool trained (same network, same plan),
+    so that training and prediction can be told apart: {trainer: folder of its masks}. resseg's
+    predictor reads a model directory: resseg's, with nnU-Net's weights in it."""
+    crossed = where / "crossed"
+    model = crossed / "model"
+    shutil.copytree(where / "resseg" / "model", model, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copy(where / "nnunet" / "weights.pt", model / "weights.pt")
+    folders = {"nnU-Net v2": crossed / "resseg_predictor", "resseg": crossed / "nnunet_predictor"}
+    run_child(
+        "resseg_predict",
+        sys.executable,
+        {**job, "model": str(model), "out": str(folders["nnU-Net v2"]), "precision": args.precision},
+        crossed,
+        {},
+    )
+    run_child(
+        "nnunet_predict",
+        str(args.nnunet_bin / "python"),
+        {**job, "weights": str(where / "resseg" / "model" / "weights.pt"), "out": str(folders["resseg"])},
+        crossed,
+        nnunet_env,
+    )
+    return folders
+
+
+def score_crossed(cohort: Path, folders: dict, where: Path) -> dict:
+    """resseg's evaluator over the crossed predictions: {trainer: {label name: {metric: value}}}."""
+    from pipeline.config import EvaluateParams
+    from pipeline.evaluate import stage
+
+    return {
+        trainer: resseg_scores(
+            stage.run(
+                EvaluateParams(),
+                cohort / "labelsTs",
+                folder,
+                where / "evaluation" / f"crossed_{folder.name}",
+                cohort / "dataset.json",
+            )
+        )
+        for trainer, folder in folders.items()
+    }
 
 
 def build_cohort(name: str, setting: dict, args: argparse.Namespace) -> Path:
@@ -415,9 +469,7 @@ def nnunet_scores(summary: dict, names: dict) -> dict:
 def resseg_child(job: dict) -> dict:
     from training_vs_nnunet import checksum
 
-    from pipeline.config import DetectionParams, PredictParams, TrainParams, resolve_network
-    from pipeline.infer import batch
-    from pipeline.infer.predictor import Predictor
+    from pipeline.config import TrainParams, resolve_network
     from pipeline.models import train
     from pipeline.models.model_dir import ModelDescription
 
@@ -448,6 +500,20 @@ def resseg_child(job: dict) -> dict:
     ModelDescription.build = build
     iteration_ends = [end - started for end in ends]
 
+    return {
+        "train_seconds": train_seconds,
+        "weights_checksum": built[0],
+        "iteration_ends": iteration_ends,
+        **resseg_predict_child(job),
+    }
+
+
+def resseg_predict_child(job: dict) -> dict:
+    """``resseg predict``'s batch prediction of the test images with the model directory's weights."""
+    from pipeline.config import DetectionParams, PredictParams
+    from pipeline.infer import batch
+    from pipeline.infer.predictor import Predictor
+
     started = time.perf_counter()
     predictor = Predictor.from_model_dir(
         Path(job["model"]),
@@ -462,12 +528,9 @@ def resseg_child(job: dict) -> dict:
     if result.failed:
         raise RuntimeError(f"resseg failed on {result.failed}; see {job['out']}/summary.csv")
     return {
-        "train_seconds": train_seconds,
         "predict_seconds": time.perf_counter() - started,
         "test_cases": result.n_scans,
-        "weights_checksum": built[0],
         "precision": predictor.precision,
-        "iteration_ends": iteration_ends,
     }
 
 
@@ -494,7 +557,7 @@ def nnunet_child(job: dict) -> dict:
     import random
 
     import numpy as np
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    import torch
     from training_vs_nnunet import build_network, checksum, nnunet_trainer
 
     from pipeline.preprocess.plans import Plans
@@ -522,10 +585,35 @@ def nnunet_child(job: dict) -> dict:
     train_seconds = time.perf_counter() - started
     iteration_ends = [end - started for end in ends]
 
-    started = time.perf_counter()
     # The trainer trained ``network`` in place: its weights now are those nnU-Net saves as
-    # checkpoint_final.pth, taken from memory rather than unpickled from that file.
-    state = network.state_dict()
+    # checkpoint_final.pth, taken from memory rather than unpickled from that file, and kept
+    # (tensors only) for resseg's predictor.
+    torch.save(network.state_dict(), job["weights_out"])
+    return {
+        "train_seconds": train_seconds,
+        "weights_checksum": weights,
+        "iteration_ends": iteration_ends,
+        **predict_nnunet(network, trainer, job),
+    }
+
+
+def nnunet_predict_child(job: dict) -> dict:
+    """nnU-Net's predictor over the test images with the weights of ``job["weights"]`` (resseg's)."""
+    import torch
+    from training_vs_nnunet import build_network, nnunet_trainer
+
+    from pipeline.preprocess.plans import Plans
+
+    network = build_network(job["preset"], Plans.load(job["plans"]))
+    network.load_state_dict(torch.load(job["weights"], map_location="cpu", weights_only=True))
+    return predict_nnunet(network, nnunet_trainer(network, Path(job["preprocessed"])), job)
+
+
+def predict_nnunet(network, trainer, job: dict) -> dict:
+    """``nnUNetv2_predict -npp 1 -nps 1`` with ``network``'s weights and the trainer's plans."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    started = time.perf_counter()
     predictor = nnUNetPredictor(
         tile_step_size=1 - job["overlap"],
         use_gaussian=True,
@@ -538,7 +626,7 @@ def nnunet_child(job: dict) -> dict:
         network.eval(),
         trainer.plans_manager,
         trainer.configuration_manager,
-        [state],
+        [network.state_dict()],
         trainer.dataset_json,
         type(trainer).__name__,
         None,
@@ -553,12 +641,9 @@ def nnunet_child(job: dict) -> dict:
         num_processes_segmentation_export=1,
     )
     return {
-        "train_seconds": train_seconds,
         "predict_seconds": time.perf_counter() - started,
         "test_cases": len(images),
-        "weights_checksum": weights,
         "precision": "fp16" if trainer.device.type == "cuda" else "fp32",
-        "iteration_ends": iteration_ends,
     }
 
 
@@ -618,20 +703,41 @@ def difference(ours: list[float], theirs: list[float], digits: int) -> str:
 
 
 def paired_over_seeds(result: dict, label: str) -> str:
-    """The seeds, the mean paired difference, its interval and p-value as table cells."""
+    """The seeds, the mean paired difference resseg - nnU-Net, its interval and p-value as table
+    cells (each tool's own training and prediction)."""
+    return paired_cells(result, label, ("resseg", "resseg"), ("nnU-Net v2", "nnU-Net v2"))
+
+
+def paired_cells(result: dict, label: str, ours: tuple[str, str], theirs: tuple[str, str]) -> str:
+    """Over the seeds, the Dice of the (trainer, predictor) ``ours`` less that of ``theirs``: the
+    seeds, the mean difference, its bootstrap 95% interval and permutation p-value as cells."""
     from pipeline.evaluate.statistics import paired_difference
 
-    pairs = [
-        [run["scores"]["resseg"][tool][label]["dice"] for tool in reversed(TOOLS)]
-        for run in result["runs"].values()
-    ]
+    pairs = [[dice(run, *theirs, label), dice(run, *ours, label)] for run in result["runs"].values()]
     pairs = [pair for pair in pairs if None not in pair]
     if len(pairs) < 2:
         return f"{len(pairs)} | - | - | -"
-    theirs, ours = zip(*pairs, strict=True)
-    paired = paired_difference(statistics.fmean, theirs, ours, n_resamples=10_000, seed=0)
+    theirs_dice, ours_dice = zip(*pairs, strict=True)
+    paired = paired_difference(statistics.fmean, theirs_dice, ours_dice, n_resamples=10_000, seed=0)
     low, high = paired.interval.low, paired.interval.high
-    return f"{len(ours)} | {paired.difference:+.3f} | {low:+.3f} to {high:+.3f} | {paired.p_value:.2g}"
+    return f"{len(pairs)} | {paired.difference:+.3f} | {low:+.3f} to {high:+.3f} | {paired.p_value:.2g}"
+
+
+def dice(run: dict, trainer: str, predictor: str, label: str) -> float | None:
+    """One seed's mean Dice (resseg's evaluator) of the weights ``trainer`` trained, predicted by
+    ``predictor``; None where undefined or not measured (a run before the crossed predictions)."""
+    if trainer == predictor:
+        return run["scores"]["resseg"][trainer][label]["dice"]
+    return run.get("crossed", {}).get(trainer, {}).get(label, {}).get("dice")
+
+
+# Training and prediction apart, each a difference of two (trainer, predictor) pairs.
+APART = (
+    ("training, resseg's predictor", ("resseg", "resseg"), ("nnU-Net v2", "resseg")),
+    ("training, nnU-Net's predictor", ("resseg", "nnU-Net v2"), ("nnU-Net v2", "nnU-Net v2")),
+    ("prediction, resseg's weights", ("resseg", "resseg"), ("resseg", "nnU-Net v2")),
+    ("prediction, nnU-Net's weights", ("nnU-Net v2", "resseg"), ("nnU-Net v2", "nnU-Net v2")),
+)
 
 
 def print_report(results: dict, args: argparse.Namespace, cores: int, seconds: float | None) -> None:
@@ -683,6 +789,19 @@ def print_report(results: dict, args: argparse.Namespace, cores: int, seconds: f
     for cohort, result in results.items():
         for label in result["labels"].values():
             print(f"| {cohort} | {label} | " + paired_over_seeds(result, label) + " |")
+
+    print(
+        "\nTraining and prediction apart: each seed's two trained networks, each predicted by both "
+        "tools. Training: resseg's weights - nnU-Net's under one predictor; prediction: resseg's "
+        "predictor - nnU-Net's on the same weights. Paired by seed as above.\n"
+    )
+    print("| cohort | label | comparison | seeds | Dice difference | 95% interval | p |")
+    print("|---|---|---|---:|---:|---|---:|")
+    for cohort, result in results.items():
+        for label in result["labels"].values():
+            for comparison, ours, theirs in APART:
+                cells = paired_cells(result, label, ours, theirs)
+                print(f"| {cohort} | {label} | {comparison} | {cells} |")
 
     print(
         "\n| cohort | cases (train + test) | plan | tool | train s, median (range) "
@@ -784,11 +903,15 @@ def suite_rows(results: dict, args: argparse.Namespace) -> list:
     return rows
 
 
+CHILDREN = {
+    "resseg": resseg_child,
+    "resseg_predict": resseg_predict_child,
+    "nnunet": nnunet_child,
+    "nnunet_predict": nnunet_predict_child,
+    "nnunet_evaluate": nnunet_evaluate_child,
+}
+
 if __name__ == "__main__":
     from inference import run_script
 
-    run_script(
-        main,
-        parse_args,
-        {"resseg": resseg_child, "nnunet": nnunet_child, "nnunet_evaluate": nnunet_evaluate_child},
-    )
+    run_script(main, parse_args, CHILDREN)

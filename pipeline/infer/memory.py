@@ -39,8 +39,8 @@ def prediction_bytes(
     (the crop to the body only makes it smaller). On the resampled grid: the image twice (a
     transform and its result) and the class scores three times (the blending accumulator, the
     softmax, the folds' sum) besides the blending weights. On the scan's own grid: the image as
-    read and as float32, the probabilities resampled back and the background fill's temporaries,
-    and the argmax's int64 indices. tests/infer/test_memory.py checks it against a measured peak."""
+    read and as float32, the log-odds resampled back, the class scores made of them (a softmax
+    in place: one channel more for its maxima and sums), and the argmax's int64 indices. tests/infer/test_memory.py checks it against a measured peak."""
     scan_voxels = int(np.prod(shape, dtype=np.int64))
     resampled_voxels = int(np.prod(np.asarray(shape) * np.asarray(spacing) / np.asarray(target_spacing)))
     on_resampled_grid = resampled_voxels * (2 * n_channels + 3 * n_classes + 1)

@@ -1,5 +1,11 @@
 """Segment one scan: the model's own preprocessing, sliding windows over every fold (optionally
-mirrored), and the inverse of the preprocessing back to the scan's voxel grid."""
+mirrored), and the inverse of the preprocessing back to the scan's voxel grid.
+
+What is resampled back is each foreground class's log-odds against the background, as nnU-Net
+resamples the logits, not the probabilities: a linear interpolation of saturated probabilities
+puts every boundary half-way between two voxels of the coarser grid, one of log-odds where the
+evidence for the two classes crosses, inside the voxel. On the synthetic CT's test cases this
+gave a higher Dice for the organ and the lesion with the same weights (README, Performance)."""
 
 from __future__ import annotations
 
@@ -31,6 +37,11 @@ from pipeline.review.uncertainty import fold_disagreement, foreground_entropy
 SPATIAL_AXES = (2, 3, 4)
 MIRRORS = [axes for n in (1, 2, 3) for axes in combinations(SPATIAL_AXES, n)]
 
+
+# Log-odds are resampled back raised by this, so that the zeros that undoing the crop to the
+# non-zero box pads with read as certain background (log-odds -LOG_ODDS_OFFSET). It exceeds
+# every log-odds of float32 probabilities clamped at the smallest normal number (|x| < 87.4).
+LOG_ODDS_OFFSET = 100.0
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -97,7 +108,7 @@ class Predictor:
         self.preprocessing = build_preprocessing(description.plans, keys=("image",))
         # Volumes come in already read (any format, DICOM included): skip the chain's loading step.
         self.preprocess_loaded = Compose(self.preprocessing.transforms[1:])
-        self.inverse = Invertd("probabilities", self.preprocessing, orig_keys="image", nearest_interp=False)
+        self.inverse = Invertd("log_odds", self.preprocessing, orig_keys="image", nearest_interp=False)
         activations = window_bytes(description, sw_batch_size)
         if self.device.type == "cuda":  # no scan changes what a window needs: checked once
             check_device_memory(activations, torch.cuda.mem_get_info(self.device)[0], self.device)
@@ -133,16 +144,15 @@ class Predictor:
         disagreement = (
             fold_disagreement(fold_foregrounds, _foreground(probabilities)) if fold_foregrounds else None
         )
-        data["probabilities"] = MetaTensor(
-            probabilities[0], meta=image.meta, applied_operations=image.applied_operations
+        data["log_odds"] = MetaTensor(
+            raised_log_odds(probabilities[0]), meta=image.meta, applied_operations=image.applied_operations
         )
-        # Probabilities are resampled back (linearly), then the argmax taken on the scan's grid.
-        restored = self.inverse(data)["probabilities"].as_tensor().float()
-        # Undoing the crop to the non-zero box pads with zeros: that border is background.
-        restored[0] += (1 - restored.sum(0)).clamp(min=0)
+        del probabilities
+        # Log-odds are resampled back (linearly), the classes' scores and argmax taken on the scan's grid.
+        scores = scores_from_raised_log_odds(self.inverse(data)["log_odds"].as_tensor().float())
         # max().indices, not argmax(): the same first maximum, over 10x faster across channels.
-        label = restored.max(0).indices.to(torch.uint8).numpy()
-        restored = restored.numpy()
+        label = scores.max(0).indices.to(torch.uint8).numpy()
+        restored = softmax_(scores).numpy()
         uncertainty = foreground_entropy(restored, label)
         # After the mask: the temperature keeps every voxel's order of classes, and so the mask,
         # but a tie between two classes that it rounds apart must not change a voxel.
@@ -185,6 +195,26 @@ class Predictor:
             return logits / (len(mirrors) + 1)
 
         return forward
+
+
+def raised_log_odds(probabilities: torch.Tensor) -> torch.Tensor:
+    """(classes, ...) probabilities -> (classes - 1, ...): each foreground class's log-odds
+    against the background, plus LOG_ODDS_OFFSET."""
+    logs = probabilities.clamp(min=torch.finfo(torch.float32).tiny).log_()
+    return logs[1:].sub_(logs[:1]).add_(LOG_ODDS_OFFSET)
+
+
+def scores_from_raised_log_odds(raised: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``raised_log_odds`` up to a constant per voxel: (classes, ...) scores whose
+    softmax is the probabilities, the background's 0."""
+    return torch.cat([torch.zeros_like(raised[:1]), raised.sub_(LOG_ODDS_OFFSET)])
+
+
+def softmax_(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes (dimension 0), in place: on the scan's grid a copy would be the
+    largest array of the prediction."""
+    scores.sub_(scores.max(0).values).exp_()
+    return scores.div_(scores.sum(0))
 
 
 def _foreground(probabilities: torch.Tensor) -> np.ndarray:

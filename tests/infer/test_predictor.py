@@ -73,6 +73,42 @@ def test_probabilities_are_a_distribution(tmp_path):
     np.testing.assert_array_equal(prediction.label, prediction.probabilities.argmax(0))
 
 
+class Ramp(nn.Module):
+    """Organ log-odds against the background of HU - 315, so the organ starts at 315 HU; no lesion."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        organ = x[:, :1] - 315.0
+        return torch.cat([torch.zeros_like(organ), organ, torch.full_like(organ, -1e3)], dim=1)
+
+
+def test_the_boundary_is_placed_inside_a_coarse_voxel(tmp_path):
+    # HU = 10 x + 10 along x at 1 mm, predicted at 4 mm: the organ starts at x = 31 (320 HU).
+    # The log-odds are linear in x, so resampled back linearly they cross 0 there exactly. The
+    # probabilities would be saturated on the 4 mm grid (log-odds -10 and +30 on either side),
+    # and resampled back put the boundary half-way between those two voxels: x = 32.
+    hu = np.broadcast_to((10.0 * np.arange(64) + 10.0)[:, None, None], (64, 8, 8))
+    write_volume(tmp_path / "ramp.nii.gz", hu.astype(np.int16), np.diag([1.0, 4.0, 4.0, 1.0]))
+    description = ModelDescription(TINY_NETWORK, PLANS, patch_size=[32, 32, 16])
+    predictor = Predictor(description, [Ramp()], overlap=0.25, device="cpu")
+    prediction = predictor.predict(read_volume(tmp_path / "ramp.nii.gz"))
+    expected = np.broadcast_to((np.arange(64) >= 31)[:, None, None], (64, 8, 8)).astype(np.uint8)
+    np.testing.assert_array_equal(prediction.label, expected)
+    # Where the coarse grid's log-odds are within float32's reach (|x| < 87), they are the network's.
+    organ_log_odds = np.log(prediction.probabilities[1] / prediction.probabilities[0])
+    np.testing.assert_allclose(organ_log_odds[24:39, 4, 4], hu[24:39, 4, 4] - 315.0, atol=1e-3)
+
+
+def test_the_padding_of_a_cropped_border_is_background(tmp_path):
+    (tmp_path / "in").mkdir()
+    blob_scan(tmp_path / "in", "scan", np.diag([2.0, 2.0, 4.0, 1.0]))
+    scan = read_volume(tmp_path / "in/scan.nii.gz")
+    # The oracle sees 0 HU as background; the zero border is cropped before it sees anything.
+    prediction = oracle_predictor().predict(scan)
+    outside = scan.array == 0
+    assert outside[0].all() and outside.sum() > 1000
+    np.testing.assert_allclose(prediction.probabilities[0][outside], 1.0, atol=1e-6)
+
+
 def test_mirroring_averages_the_windows_and_their_mirror_images(tmp_path):
     (tmp_path / "in").mkdir()
     blob_scan(tmp_path / "in", "scan", np.diag([2.0, 2.0, 4.0, 1.0]))
